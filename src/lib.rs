@@ -1,0 +1,125 @@
+//! Long-poll notification: a value that changes, and every waiter hearing of
+//! each change, with a version cursor so that no client ever misses one.
+//!
+//! A [`Broadcaster<T>`] holds the current value at a [`Version`] that rises
+//! by one per change. A client passes the last version it saw as its
+//! [`Cursor`]; a [`wait`](Broadcaster::wait) on it is ready at once if the
+//! client is behind, and otherwise resolves on the next change. Waiters are
+//! futures (cancel safe, O(1) to drop) or callbacks over the same list, and a
+//! publish wakes all of them outside the lock without allocating per waiter.
+//!
+//! # Example
+//!
+//! The long-poll loop of one client, against a stock that two buyers take
+//! from. The page was rendered at some version; its first poll passes that
+//! version, so a change made between the render and the poll is not lost.
+//!
+//! ```
+//! use longpoll::Broadcaster;
+//! use std::time::Duration;
+//!
+//! #[tokio::main]
+//! async fn main() {
+//!     let stock = Broadcaster::new(10u32);
+//!     let rendered = stock.current(); // what the page showed: 10, at version 0
+//!
+//!     let page = tokio::spawn({
+//!         let stock = stock.clone();
+//!         async move {
+//!             let mut cursor = rendered.cursor();
+//!             loop {
+//!                 match stock.wait_timeout(cursor, Duration::from_secs(30)).await {
+//!                     Ok(changed) if **changed.value() == 8 => return changed.version(),
+//!                     Ok(changed) => cursor = changed.cursor(), // poll again at once
+//!                     Err(e) if e.is_timed_out() => {}          // 204: same cursor
+//!                     Err(e) => panic!("{e}"),                  // closed: back off
+//!                 }
+//!             }
+//!         }
+//!     });
+//!
+//!     // Read, check and publish in one step: the stock never goes below 0.
+//!     stock.modify(|n| n.checked_sub(1)).unwrap();
+//!     stock.modify(|n| n.checked_sub(1)).unwrap();
+//!     assert_eq!(page.await.unwrap().get(), 2);
+//! }
+//! ```
+//!
+//! # Cursor semantics
+//!
+//! | the client's cursor                     | a wait ...                                      |
+//! |-----------------------------------------|-------------------------------------------------|
+//! | [`Cursor::NEXT`] (none)                 | waits for the next change after the call        |
+//! | the current version                     | waits for the next change                       |
+//! | an older version                        | is ready at once with what the client missed    |
+//! | a newer version                         | is ready at once with the current state         |
+//! | another [`Epoch`]                       | is ready at once with the current state         |
+//!
+//! Every broadcaster draws a random [`Epoch`] so that a cursor from an
+//! earlier process is recognised as foreign rather than trusted.
+//!
+//! # No lost wake-ups
+//!
+//! A waiter registers and checks the version under the same lock that a
+//! publish takes. Either the publish came first, and the check sees the new
+//! version, or the waiter was registered first, and the publish takes it out
+//! of the list and wakes it. A loom model (`tests/loom.rs`) checks this
+//! against every interleaving of register, publish, drop and close.
+//!
+//! # History and lagging
+//!
+//! By default only the current value is kept: a client that is behind gets
+//! the latest state, flagged [`Resync::Lagged`] if it skipped versions. With
+//! [`Builder::history`] set to `k`, a client up to `k - 1` versions behind
+//! receives every update it missed, in order, in one [`Changed`]; an older
+//! one receives what is retained and the number of versions it lost. Nothing
+//! is ever dropped silently.
+//!
+//! # Limits, cancellation and closing
+//!
+//! Dropping a pending [`Wait`] or [`Registration`] unregisters it at once, in
+//! O(1): [`Broadcaster::waiter_count`] shows it immediately.
+//! [`Builder::max_waiters`] bounds the list; past it a wait fails with
+//! [`WaitError::Full`]. [`Broadcaster::close`] answers every waiter with
+//! [`WaitError::Closed`], for graceful shutdown.
+//!
+//! # Compared to `tokio::sync`
+//!
+//! [`tokio::sync::watch`] keeps a version per receiver, inside the process: a
+//! long-poll client is a new receiver per request, with no way to say "I last
+//! saw version 41" or to learn that a cursor is from before a restart.
+//! [`tokio::sync::broadcast`] queues every value per receiver and reports
+//! lag, but has no "current value" for a client that arrives late. `longpoll`
+//! makes the cursor a value the client carries between requests.
+//!
+//! # Features
+//!
+//! | feature | default | enables |
+//! |---------|---------|---------|
+//! | `tokio` | yes     | [`Broadcaster::wait_timeout`], on tokio's timer |
+//!
+//! [`tokio::sync::watch`]: https://docs.rs/tokio/latest/tokio/sync/watch/index.html
+//! [`tokio::sync::broadcast`]: https://docs.rs/tokio/latest/tokio/sync/broadcast/index.html
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
+
+mod broadcaster;
+mod changed;
+mod error;
+mod sync;
+mod version;
+mod wait;
+mod waiters;
+
+pub use broadcaster::{Broadcaster, Builder};
+pub use changed::{Changed, Resync, Update};
+pub use error::{ClosedError, ParseEpochError, ParseVersionError, PublishError, WaitError};
+pub use version::{Cursor, Epoch, Version};
+#[cfg(feature = "tokio")]
+pub use wait::WaitTimeout;
+pub use wait::{Registration, UpdateStream, Wait};
+
+/// The README's code, compiled and run as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,412 @@
+//! The waiting side: [`Wait`], [`WaitTimeout`], [`UpdateStream`] and
+//! [`Registration`], all over one [`WaitState`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::broadcaster::Shared;
+use crate::{Changed, Cursor, Epoch, Version, WaitError};
+
+const POLLED_AFTER_DONE: &str = "longpoll: `Wait` polled after it completed";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not polled yet: nothing registered.
+    Init,
+    /// A waker sits in slot `idx` of the list for `(epoch, since)`.
+    Registered,
+    /// Answered, or cancelled.
+    Done,
+}
+
+/// One waiter's state: its cursor and, once registered, its slot. 24 bytes.
+pub(crate) struct WaitState {
+    since: Version,
+    /// `None` until registration for a cursor that named no epoch.
+    epoch: Option<Epoch>,
+    idx: u32,
+    phase: Phase,
+}
+
+impl WaitState {
+    /// Pins down "the next change after this call" for a cursor without a
+    /// version; a cursor with one is checked when first polled.
+    pub(crate) fn new<T>(shared: &Shared<T>, cursor: Cursor) -> Self {
+        let (since, epoch) = match cursor.version() {
+            Some(v) => (v, cursor.epoch()),
+            None => {
+                let inner = shared.inner.lock();
+                let cur = inner.current();
+                // A foreign epoch stays foreign: answered at once when polled.
+                (cur.version, Some(cursor.epoch().unwrap_or(cur.epoch)))
+            }
+        };
+        WaitState {
+            since,
+            epoch,
+            idx: 0,
+            phase: Phase::Init,
+        }
+    }
+
+    fn after(changed: &Changed<impl Sized>) -> Self {
+        WaitState {
+            since: changed.version(),
+            epoch: Some(changed.epoch()),
+            idx: 0,
+            phase: Phase::Init,
+        }
+    }
+
+    pub(crate) fn since(&self) -> Version {
+        self.since
+    }
+
+    pub(crate) fn epoch(&self) -> Option<Epoch> {
+        self.epoch
+    }
+
+    fn finish<R>(
+        &mut self,
+        r: Result<Changed<R>, WaitError>,
+    ) -> Poll<Result<Changed<R>, WaitError>> {
+        self.phase = Phase::Done;
+        Poll::Ready(r)
+    }
+
+    pub(crate) fn poll<T>(
+        &mut self,
+        shared: &Shared<T>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Changed<T>, WaitError>> {
+        match self.phase {
+            Phase::Done => panic!("{}", POLLED_AFTER_DONE),
+            Phase::Init => {
+                // Clone before locking: a waker's clone may run arbitrary code.
+                let waker = cx.waker().clone();
+                // Register, then check, under one lock: a publish either
+                // happened before (and the check sees it) or will take our
+                // slot (and wake us).
+                let mut inner = shared.inner.lock();
+                if inner.closed {
+                    drop(inner);
+                    return self.finish(Err(WaitError::Closed));
+                }
+                if let Some(answer) = inner.answer(self.since, self.epoch) {
+                    drop(inner);
+                    return self.finish(Ok(answer));
+                }
+                if inner.waiters.len() >= shared.max_waiters {
+                    drop(inner);
+                    return self.finish(Err(WaitError::Full {
+                        limit: shared.max_waiters,
+                    }));
+                }
+                self.idx = inner.waiters.insert_waker(waker);
+                self.epoch = Some(inner.current().epoch);
+                self.phase = Phase::Registered;
+                Poll::Pending
+            }
+            Phase::Registered => {
+                let mut fresh = None;
+                loop {
+                    let mut inner = shared.inner.lock();
+                    if inner.closed {
+                        drop(inner);
+                        return self.finish(Err(WaitError::Closed));
+                    }
+                    if !inner.holds(self.since, self.epoch) {
+                        // A publish took our slot: the answer is ready.
+                        let answer = inner
+                            .answer(self.since, self.epoch)
+                            .expect("the broadcaster moved on");
+                        drop(inner);
+                        return self.finish(Ok(answer));
+                    }
+                    let slot = inner
+                        .waiters
+                        .waker_mut(self.idx)
+                        .expect("a registered waiter has a slot");
+                    if slot.will_wake(cx.waker()) {
+                        return Poll::Pending;
+                    }
+                    if let Some(new) = fresh.take() {
+                        let old = std::mem::replace(slot, new);
+                        drop(inner);
+                        drop(old);
+                        return Poll::Pending;
+                    }
+                    // Polled by another task: clone its waker outside the lock
+                    // and look again.
+                    drop(inner);
+                    fresh = Some(cx.waker().clone());
+                }
+            }
+        }
+    }
+
+    /// Unregisters in O(1) if still registered.
+    pub(crate) fn cancel<T>(&mut self, shared: &Shared<T>) {
+        if self.phase == Phase::Registered {
+            self.phase = Phase::Done;
+            let mut inner = shared.inner.lock();
+            let waker = if inner.holds(self.since, self.epoch) {
+                inner.waiters.remove_waker(self.idx)
+            } else {
+                None
+            };
+            drop(inner);
+            // A waker's drop may run arbitrary code: not under our lock.
+            drop(waker);
+        }
+    }
+}
+
+/// Future returned by [`Broadcaster::wait`](crate::Broadcaster::wait).
+///
+/// Resolves with the [`Changed`] answer for its cursor, or a [`WaitError`].
+///
+/// # Cancel safety
+///
+/// Dropping it unregisters it at once, in O(1); nothing is consumed.
+#[must_use = "futures do nothing unless polled"]
+pub struct Wait<'a, T> {
+    shared: &'a Shared<T>,
+    state: WaitState,
+}
+
+impl<'a, T> Wait<'a, T> {
+    pub(crate) fn new(shared: &'a Arc<Shared<T>>, state: WaitState) -> Self {
+        Wait { shared, state }
+    }
+}
+
+impl<T> Future for Wait<'_, T> {
+    type Output = Result<Changed<T>, WaitError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.state.poll(this.shared, cx)
+    }
+}
+
+impl<T> Drop for Wait<'_, T> {
+    fn drop(&mut self) {
+        self.state.cancel(self.shared);
+    }
+}
+
+impl<T> fmt::Debug for Wait<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wait")
+            .field("since", &self.state.since)
+            .field("epoch", &self.state.epoch)
+            .field("phase", &self.state.phase)
+            .finish()
+    }
+}
+
+#[cfg(feature = "tokio")]
+pin_project_lite::pin_project! {
+    /// Future returned by [`Broadcaster::wait_timeout`](crate::Broadcaster::wait_timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it unregisters it at once, in O(1); nothing is consumed.
+    #[must_use = "futures do nothing unless polled"]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub struct WaitTimeout<'a, T> {
+        wait: Wait<'a, T>,
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<'a, T> WaitTimeout<'a, T> {
+    pub(crate) fn new(wait: Wait<'a, T>, sleep: tokio::time::Sleep) -> Self {
+        WaitTimeout { wait, sleep }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<T> Future for WaitTimeout<'_, T> {
+    type Output = Result<Changed<T>, WaitError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(r) = Pin::new(&mut *this.wait).poll(cx) {
+            return Poll::Ready(r);
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => {
+                // Unregister now rather than when the future is dropped.
+                this.wait.state.cancel(this.wait.shared);
+                Poll::Ready(Err(WaitError::TimedOut))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<T> fmt::Debug for WaitTimeout<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitTimeout")
+            .field("wait", &self.wait)
+            .field("deadline", &self.sleep.deadline())
+            .finish()
+    }
+}
+
+/// Stream returned by [`Broadcaster::stream`](crate::Broadcaster::stream).
+///
+/// Each item continues from the cursor of the previous one. After an error
+/// the stream ends.
+///
+/// # Cancel safety
+///
+/// `next()` is cancel safe: a dropped `next()` consumes nothing, and the
+/// stream's cursor only moves when an item is returned.
+#[must_use = "streams do nothing unless polled"]
+pub struct UpdateStream<T> {
+    shared: Arc<Shared<T>>,
+    state: WaitState,
+    ended: bool,
+}
+
+impl<T> UpdateStream<T> {
+    pub(crate) fn new(shared: Arc<Shared<T>>, cursor: Cursor) -> Self {
+        let state = WaitState::new(&shared, cursor);
+        UpdateStream {
+            shared,
+            state,
+            ended: false,
+        }
+    }
+}
+
+impl<T> futures_core::Stream for UpdateStream<T> {
+    type Item = Result<Changed<T>, WaitError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.state.poll(&this.shared, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(changed)) => {
+                this.state = WaitState::after(&changed);
+                Poll::Ready(Some(Ok(changed)))
+            }
+            Poll::Ready(Err(e)) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+impl<T> futures_core::FusedStream for UpdateStream<T> {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
+
+impl<T> Drop for UpdateStream<T> {
+    fn drop(&mut self) {
+        self.state.cancel(&self.shared);
+    }
+}
+
+impl<T> fmt::Debug for UpdateStream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpdateStream")
+            .field("since", &self.state.since)
+            .field("epoch", &self.state.epoch)
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+/// A callback registered with [`Broadcaster::register`](crate::Broadcaster::register).
+///
+/// Dropping it cancels the callback if it has not run yet; a callback already
+/// running on a publishing thread finishes.
+#[must_use = "dropping a Registration cancels its callback; call `detach` to keep it"]
+pub struct Registration<T> {
+    shared: Arc<Shared<T>>,
+    since: Version,
+    epoch: Option<Epoch>,
+    idx: u32,
+    pending: bool,
+}
+
+impl<T> Registration<T> {
+    pub(crate) fn fired(shared: Arc<Shared<T>>) -> Self {
+        Registration {
+            shared,
+            since: Version::ZERO,
+            epoch: None,
+            idx: 0,
+            pending: false,
+        }
+    }
+
+    pub(crate) fn pending(shared: Arc<Shared<T>>, since: Version, epoch: Epoch, idx: u32) -> Self {
+        Registration {
+            shared,
+            since,
+            epoch: Some(epoch),
+            idx,
+            pending: true,
+        }
+    }
+
+    /// Cancels the callback. Returns `true` if it had not been taken for
+    /// calling yet (it never will be), `false` if it already ran, is running,
+    /// or was answered at registration.
+    pub fn cancel(mut self) -> bool {
+        self.cancel_inner()
+    }
+
+    /// Lets the callback stay registered after this handle is gone: it runs
+    /// on the next change or on close.
+    pub fn detach(mut self) {
+        self.pending = false;
+    }
+
+    fn cancel_inner(&mut self) -> bool {
+        if !std::mem::take(&mut self.pending) {
+            return false;
+        }
+        let mut inner = self.shared.inner.lock();
+        let cb = if inner.holds(self.since, self.epoch) {
+            inner.waiters.remove_callback(self.idx)
+        } else {
+            None
+        };
+        drop(inner);
+        // The callback's captures may run arbitrary code when dropped.
+        cb.is_some()
+    }
+}
+
+impl<T> Drop for Registration<T> {
+    fn drop(&mut self) {
+        self.cancel_inner();
+    }
+}
+
+impl<T> fmt::Debug for Registration<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("since", &self.since)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
