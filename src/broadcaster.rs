@@ -208,6 +208,28 @@ impl Builder {
             }),
         }
     }
+
+    /// Builds a broadcaster that continues `retained` (oldest first, never
+    /// empty): its epoch, versions and history, with this builder's limits.
+    /// The keyed hub uses it to bring back a key it parked while idle; the
+    /// builder's epoch and initial version are not used.
+    pub(crate) fn build_from<T>(self, retained: Vec<Update<T>>) -> Broadcaster<T> {
+        debug_assert!(!retained.is_empty());
+        let skip = retained.len().saturating_sub(self.history);
+        let mut history = VecDeque::with_capacity(self.history.min(1024));
+        history.extend(retained.into_iter().skip(skip));
+        Broadcaster {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    history,
+                    waiters: Waiters::new(),
+                    closed: false,
+                }),
+                history: self.history,
+                max_waiters: self.max_waiters.unwrap_or(usize::MAX),
+            }),
+        }
+    }
 }
 
 impl Broadcaster<()> {
@@ -333,11 +355,15 @@ impl<T> Broadcaster<T> {
         version: Version,
         value: Arc<T>,
     ) -> Result<(), PublishError> {
+        // On refusal, release the lock before `value` is dropped: its drop
+        // may run arbitrary code, even a publish on this broadcaster.
         if inner.closed {
+            drop(inner);
             return Err(PublishError::Closed);
         }
         let current = inner.current().version;
         if version <= current {
+            drop(inner);
             return Err(PublishError::NotNewer { version, current });
         }
         let epoch = inner.current().epoch;

@@ -97,6 +97,8 @@
 //! | feature | default | enables |
 //! |---------|---------|---------|
 //! | `tokio` | yes     | [`Broadcaster::wait_timeout`], on tokio's timer |
+//! | `http`  | no      | [`http`]: the long-poll endpoint on the `http` crate's types (query and `If-None-Match` parsing, `200`/`204`/`400`/`503` answers, one body encoding per version) |
+//! | `redis` | no      | [`redis`](crate::redis): a Redis backplane, so that several server instances share one version sequence and wake each other's waiters |
 //!
 //! [`tokio::sync::watch`]: https://docs.rs/tokio/latest/tokio/sync/watch/index.html
 //! [`tokio::sync::broadcast`]: https://docs.rs/tokio/latest/tokio/sync/broadcast/index.html
@@ -106,6 +108,13 @@
 mod broadcaster;
 mod changed;
 mod error;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+pub mod keyed;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod sync;
 mod version;
 mod wait;

@@ -81,7 +81,7 @@ impl FromStr for Version {
 
     /// Accepts 1 to 20 ASCII digits (no sign, no spaces) that fit in a `u64`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseVersionError(()));
         }
         s.parse::<u64>()

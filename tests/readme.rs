@@ -21,8 +21,15 @@ fn readme_example_is_the_crate_docs_example() {
         .join("\n")
         .replacen("\n```\n", "\n```rust\n", 1);
     let ours = first_rust_block(&lib_docs);
-    assert!(ours.lines().count() > 5, "the crate docs lost their example");
-    assert_eq!(first_rust_block(readme), ours, "README.md and src/lib.rs examples differ");
+    assert!(
+        ours.lines().count() > 5,
+        "the crate docs lost their example"
+    );
+    assert_eq!(
+        first_rust_block(readme),
+        ours,
+        "README.md and src/lib.rs examples differ"
+    );
 }
 
 #[test]

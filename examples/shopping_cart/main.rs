@@ -1,0 +1,174 @@
+//! The long-poll inventory demo: one product, a fixed stock, and every open
+//! page seeing the count change the moment anyone adds or removes a unit.
+//!
+//! ```sh
+//! cargo run --release --example shopping_cart   # then open http://127.0.0.1:9999
+//! cargo run --release --example shopping_cart -- --addr 127.0.0.1:0 --inventory 3
+//! ```
+//!
+//! | endpoint          | what                                                        |
+//! |-------------------|-------------------------------------------------------------|
+//! | `GET /`           | the page, with a `session` cookie for a new visitor         |
+//! | `GET /status`     | the long poll: `since`, `epoch`, `timeout`, `If-None-Match` |
+//! | `POST /cart`      | `session=<id>&action=add\|remove`, form-encoded, at most 8 KiB |
+//! | `GET /stats`      | held long polls, version, epoch                             |
+//! | `GET /healthz`    | `200` once the server accepts requests                      |
+//!
+//! The files:
+//!
+//! * `main.rs`: flags, the accept loop (a task per connection, HTTP/1.1 and
+//!   h2c through hyper-util's auto builder) and graceful shutdown;
+//! * `routes.rs`: a `match` on method and path, one function per endpoint;
+//! * `cart.rs`: the cart state, changed atomically with its version;
+//! * `index.html`: the page, vanilla JS, served with the state filled in.
+//!
+//! On SIGINT or SIGTERM the server stops accepting and closes the
+//! broadcaster, so every held long poll is answered `503` with
+//! `Retry-After: 1` at once, and exits within a second.
+
+mod cart;
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+pub(crate) use routes::App;
+
+/// How long connections get, once the broadcaster is closed, to send their
+/// last answers before the process exits anyway.
+const DRAIN: Duration = Duration::from_millis(800);
+
+/// The inventory demo's flags.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "shopping_cart", about = "The long-poll inventory demo")]
+pub(crate) struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:9999")]
+    pub(crate) addr: SocketAddr,
+    /// Units in stock at start.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) inventory: u32,
+    /// Seconds a long poll is held when it does not ask for a `timeout`
+    /// (decimal allowed, at most 300).
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    pub(crate) poll_timeout: Duration,
+    /// Long polls held at once; the next one is answered 503.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) max_waiters: usize,
+    /// Seconds a client has to send a request's headers before the
+    /// connection is closed (decimal allowed).
+    #[arg(long, default_value = "10", value_parser = seconds)]
+    pub(crate) header_timeout: Duration,
+}
+
+impl Args {
+    pub(crate) fn app(&self) -> Arc<App> {
+        Arc::new(App::new(
+            self.inventory,
+            self.poll_timeout,
+            self.max_waiters,
+        ))
+    }
+}
+
+/// Decimal seconds, 0 to 300.
+fn seconds(s: &str) -> Result<Duration, String> {
+    longpoll::http::parse_timeout(s, Duration::from_secs(300))
+        .map_err(|_| format!("`{s}` is not a number of seconds from 0 to 300"))
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.addr).await?;
+    // The first line of stdout, for scripts that started us with port 0.
+    println!("listening on http://{}", listener.local_addr()?);
+    serve(listener, args.app(), args.header_timeout, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then closes the
+/// app (held long polls get `503`) and waits at most [`DRAIN`] for the
+/// connections to finish.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a header-read timeout, a client that sends half a request
+    // holds its connection (and a task) forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let tcp = match accepted {
+                    Ok((tcp, _peer)) => tcp,
+                    Err(e) => {
+                        // Out of file descriptors, most likely: back off
+                        // instead of spinning on the same error.
+                        eprintln!("accept error: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let app = Arc::clone(&app);
+                let service = service_fn(move |req| routes::route(Arc::clone(&app), req));
+                let conn = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
+                let conn = graceful.watch(conn);
+                // A task per connection: a held long poll must not delay
+                // anyone else. Connection errors (a client that went away, a
+                // header timeout) concern that client only.
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+
+    drop(listener);
+    // Held long polls are answered now rather than at their timeout, so the
+    // connections below can finish.
+    app.close();
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("some connections did not finish in time; closing them");
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

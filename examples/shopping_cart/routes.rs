@@ -1,0 +1,300 @@
+//! The routes: a plain `match` on method and path, one small function each.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, SET_COOKIE,
+};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use longpoll::http::{error_response, media_type_is, Form, LongPoll, PollConfig};
+use longpoll::Update;
+
+use super::cart::{Action, CartError, CartState, MemoryStore, Stock, Store};
+
+/// The page, with `{{SESSION}}`, `{{COUNT}}`, `{{INVENTORY}}`, `{{VERSION}}`,
+/// `{{EPOCH}}` and `{{IN_CART}}` filled in per request.
+const PAGE: &str = include_str!("index.html");
+
+/// The largest `POST /cart` body accepted.
+pub(crate) const BODY_LIMIT: usize = 8 * 1024;
+
+/// How long a client may take to send a `POST /cart` body once its headers
+/// are in (the headers themselves have the server's header-read timeout).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest session id accepted, in bytes.
+const SESSION_MAX: usize = 128;
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+/// Everything a request needs, shared by all connections.
+pub(crate) struct App {
+    store: Store,
+    poll: LongPoll<Stock>,
+    inventory: u32,
+}
+
+impl App {
+    /// A shop of `inventory` units, holding polls `poll_timeout` unless they
+    /// ask otherwise, and at most `max_waiters` of them.
+    pub(crate) fn new(inventory: u32, poll_timeout: Duration, max_waiters: usize) -> App {
+        let store = Store::Memory(MemoryStore::new(inventory, max_waiters));
+        App::with_store(store, inventory, poll_timeout)
+    }
+
+    /// A shop over `store`, which holds `inventory` units in all.
+    pub(crate) fn with_store(store: Store, inventory: u32, poll_timeout: Duration) -> App {
+        let poll = LongPoll::new(store.broadcaster().clone(), encode_stock)
+            .with_config(PollConfig::new().default_timeout(poll_timeout));
+        App {
+            store,
+            poll,
+            inventory,
+        }
+    }
+
+    /// Answers every held long poll with `503` and refuses new ones.
+    pub(crate) fn close(&self) {
+        self.store.close();
+    }
+}
+
+/// The long-poll body: `{"inventorycount": N, "version": V, "epoch": "E"}`.
+/// Runs once per version, however many polls it answers.
+fn encode_stock(update: &Update<Stock>) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"inventorycount":{},"version":{},"epoch":"{}"}}"#,
+        update.value().count,
+        update.version(),
+        update.epoch()
+    ))
+}
+
+/// Routes one request. Never fails: every error is an HTTP answer.
+pub(crate) async fn route(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/") => page(&app, req.headers()).await,
+        (&Method::GET, "/status") => app.poll.handle(req.uri(), req.headers()).await,
+        (&Method::POST, "/cart") => cart(&app, req).await,
+        (&Method::GET | &Method::HEAD, "/stats") => stats(&app),
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (_, "/" | "/stats" | "/healthz") => method_not_allowed("GET, HEAD"),
+        (_, "/status") => method_not_allowed("GET"),
+        (_, "/cart") => method_not_allowed("POST"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(resp.map(Full::new))
+}
+
+/// `GET /`: the page, showing this visitor's cart; a new visitor gets a
+/// session cookie.
+async fn page(app: &App, headers: &HeaderMap) -> Response<Bytes> {
+    let (session, is_new) = match session_cookie(headers) {
+        Some(session) => (session.to_owned(), false),
+        None => (new_session_id(), true),
+    };
+    let state = app.store.snapshot(&session).await;
+    let html = PAGE
+        .replace("{{SESSION}}", &session)
+        .replace("{{COUNT}}", &state.count.to_string())
+        .replace("{{INVENTORY}}", &app.inventory.to_string())
+        .replace("{{VERSION}}", &state.version.to_string())
+        .replace("{{EPOCH}}", &state.epoch.to_string())
+        .replace("{{IN_CART}}", if state.in_cart { "true" } else { "false" });
+    let mut resp = Response::new(Bytes::from(html));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HTML);
+    // The page embeds a version: a cached copy would start from a stale one.
+    h.insert(CACHE_CONTROL, NO_STORE);
+    if is_new {
+        let cookie = format!("session={session}; Path=/; SameSite=Lax; HttpOnly");
+        h.insert(
+            SET_COOKIE,
+            HeaderValue::try_from(cookie).expect("session ids are header-safe"),
+        );
+    }
+    resp
+}
+
+/// `POST /cart`: `session=<id>&action=add|remove`.
+async fn cart(app: &App, req: Request<Incoming>) -> Response<Bytes> {
+    let headers = req.headers();
+    let content_type = headers.get(CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes());
+    if !media_type_is(content_type, FORM) {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the form as application/x-www-form-urlencoded",
+        );
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return too_large();
+    }
+    let body = match read_body(req.into_body()).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
+    };
+    let form = match Form::parse(&body) {
+        Ok(form) => form,
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, &format!("undecodable form: {e}"))
+        }
+    };
+    let session = match form.get("session") {
+        None | Some("") => return bad_request("`session` is missing or empty"),
+        Some(s) if s.len() > SESSION_MAX => {
+            return bad_request("`session` is longer than 128 bytes")
+        }
+        Some(s) if s.chars().any(char::is_control) => {
+            return bad_request("`session` contains control characters")
+        }
+        Some(s) => s,
+    };
+    let action = match form.get("action").map(Action::parse) {
+        None => return bad_request("`action` is missing"),
+        Some(None) => return bad_request("`action` must be `add` or `remove`"),
+        Some(Some(action)) => action,
+    };
+    match app.store.apply(session, action).await {
+        Ok(state) => json(StatusCode::OK, cart_json(&state, None)),
+        Err(CartError::SoldOut(state)) => {
+            json(StatusCode::CONFLICT, cart_json(&state, Some("sold out")))
+        }
+        Err(CartError::Closed) => {
+            let mut resp = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            );
+            resp.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+    }
+}
+
+/// Reads a body of at most [`BODY_LIMIT`] bytes within [`BODY_TIMEOUT`].
+async fn read_body(body: Incoming) -> Result<Bytes, Response<Bytes>> {
+    let collect = Limited::new(body, BODY_LIMIT).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(bad_request("the request body could not be read")),
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body took too long",
+        )),
+    }
+}
+
+/// `{"inventorycount", "version", "epoch", "in_cart"}`, and `"error"` if any.
+fn cart_json(state: &CartState, error: Option<&str>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "inventorycount": state.count,
+        "version": state.version.get(),
+        "epoch": state.epoch.to_string(),
+        "in_cart": state.in_cart,
+    });
+    if let Some(error) = error {
+        v["error"] = error.into();
+    }
+    v
+}
+
+/// `GET /stats`: held long polls, version and epoch.
+fn stats(app: &App) -> Response<Bytes> {
+    let b = app.store.broadcaster();
+    let current = b.current();
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "waiters": b.waiter_count(),
+            "version": current.version().get(),
+            "epoch": current.epoch().to_string(),
+        }),
+    )
+}
+
+/// The `session` cookie, if the request has one that looks like an id this
+/// server hands out (so it is safe to put into the page as is).
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix("session="))
+        .find(|id| valid_session_id(id))
+}
+
+/// 1 to 128 ASCII letters, digits, `-` or `_`.
+fn valid_session_id(id: &str) -> bool {
+    (1..=SESSION_MAX).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// 128 bits as 32 hex digits, from SipHash keyed by the OS's randomness
+/// (std's `RandomState`): not guessable from other ids.
+fn new_session_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let keys = RandomState::new();
+    format!(
+        "{:016x}{:016x}",
+        keys.hash_one((n, 0u8)),
+        keys.hash_one((n, 1u8))
+    )
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, JSON);
+    resp.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from_static(body.as_bytes()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, TEXT);
+    resp
+}
+
+fn bad_request(message: &str) -> Response<Bytes> {
+    error_response(StatusCode::BAD_REQUEST, message)
+}
+
+fn too_large() -> Response<Bytes> {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the body is larger than 8 KiB",
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Bytes> {
+    let mut resp = error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}

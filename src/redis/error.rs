@@ -1,0 +1,160 @@
+//! [`BackplaneError`]: what went wrong talking to Redis.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use super::DecodeError;
+
+/// A backplane operation failed.
+///
+/// Opaque, like `hyper::Error`: ask what happened with the `is_*` methods,
+/// which say what the caller can do. The [`Display`](fmt::Display) text and
+/// the [`source`](StdError::source) chain (often a `redis::RedisError`) are
+/// for logs, not for matching, and may change between releases.
+///
+/// ```
+/// # async fn publish(channel: &longpoll::redis::Channel<u32>) -> u16 {
+/// match channel.publish(7).await {
+///     Ok(_) => 200,
+///     Err(e) if e.is_unavailable() => 503, // with Retry-After
+///     Err(_) => 500,
+/// }
+/// # }
+/// ```
+pub struct BackplaneError {
+    kind: Kind,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Unavailable,
+    Server,
+    Decode,
+    Closed,
+    Config,
+}
+
+impl BackplaneError {
+    pub(crate) fn new(kind: Kind, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        BackplaneError {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    pub(crate) fn closed() -> Self {
+        BackplaneError {
+            kind: Kind::Closed,
+            source: None,
+        }
+    }
+
+    /// Classifies an error of the Redis client.
+    pub(crate) fn from_redis(err: ::redis::RedisError) -> Self {
+        use ::redis::{ErrorKind, ServerErrorKind};
+        let unavailable = err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_timeout()
+            || err.is_unrecoverable_error()
+            || matches!(
+                err.kind(),
+                ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::ReadOnly
+                )
+            );
+        let kind = if unavailable {
+            Kind::Unavailable
+        } else {
+            Kind::Server
+        };
+        BackplaneError::new(kind, err)
+    }
+
+    /// Redis could not be reached, or did not answer in time, or is not
+    /// ready to write (loading its data, a replica). Nothing is known to
+    /// have been published; retry later. An HTTP server answers `503` with
+    /// `Retry-After`.
+    ///
+    /// A command whose answer timed out may still have run: its change then
+    /// reaches every instance through the subscription like any other.
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == Kind::Unavailable
+    }
+
+    /// Redis answered with an error: a script error (including one raised by
+    /// a [`ModifyScript`](super::ModifyScript) snippet), a key of another
+    /// type under the channel's name, out of memory, missing permissions.
+    /// Retrying the same call will likely fail the same way.
+    pub fn is_server(&self) -> bool {
+        self.kind == Kind::Server
+    }
+
+    /// The value stored in Redis does not decode as the channel's type (see
+    /// [`Codec`](super::Codec)): another program or another version wrote
+    /// the key. The source is the [`DecodeError`].
+    pub fn is_decode(&self) -> bool {
+        self.kind == Kind::Decode
+    }
+
+    /// The channel's local broadcaster was closed (the server is shutting
+    /// down): nothing was sent to Redis.
+    pub fn is_closed(&self) -> bool {
+        self.kind == Kind::Closed
+    }
+
+    /// The backplane or channel was set up wrongly: an invalid Redis URL, or
+    /// a channel name already opened with another value type. Fix the
+    /// configuration or the code.
+    pub fn is_config(&self) -> bool {
+        self.kind == Kind::Config
+    }
+}
+
+impl From<DecodeError> for BackplaneError {
+    fn from(e: DecodeError) -> Self {
+        BackplaneError::new(Kind::Decode, e)
+    }
+}
+
+impl fmt::Debug for BackplaneError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("BackplaneError");
+        d.field("kind", &self.kind);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for BackplaneError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            Kind::Unavailable => "redis unavailable",
+            Kind::Server => "redis refused the command",
+            Kind::Decode => "stored value does not decode",
+            Kind::Closed => "channel closed",
+            Kind::Config => "invalid backplane configuration",
+        };
+        match &self.source {
+            // A decode error already says what it is.
+            Some(source) if self.kind == Kind::Decode => fmt::Display::fmt(source, f),
+            Some(source) => write!(f, "{what}: {source}"),
+            None => f.write_str(what),
+        }
+    }
+}
+
+impl StdError for BackplaneError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}
