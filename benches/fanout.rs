@@ -69,11 +69,9 @@ trait Fanout: Sync + Send + 'static {
 struct LongPoll(Broadcaster<u64>);
 
 impl Fanout for LongPoll {
-    fn waiter(&'static self, since: u64) -> impl Future<Output = u64> + Send + 'static {
-        async move {
-            let changed = self.0.wait(Cursor::at(since.into())).await;
-            changed.expect("never closed").version().get()
-        }
+    async fn waiter(&'static self, since: u64) -> u64 {
+        let changed = self.0.wait(Cursor::at(since.into())).await;
+        changed.expect("never closed").version().get()
     }
 
     fn publish(&'static self, version: u64) {
@@ -173,11 +171,9 @@ struct TokioNotify {
 }
 
 impl Fanout for TokioNotify {
-    fn waiter(&'static self, _since: u64) -> impl Future<Output = u64> + Send + 'static {
-        async move {
-            self.notify.notified().await;
-            self.version.load(Ordering::Acquire)
-        }
+    async fn waiter(&'static self, _since: u64) -> u64 {
+        self.notify.notified().await;
+        self.version.load(Ordering::Acquire)
     }
 
     fn publish(&'static self, version: u64) {

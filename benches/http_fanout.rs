@@ -14,7 +14,7 @@
 //!   layer's cache. The baseline.
 //!
 //! After the criterion output, a table gives each variant's median round
-//! time and its ratio to `layer`.
+//! time (over every round run, warm-up included) and its ratio to `layer`.
 //!
 //! ```text
 //! cargo bench --features http --bench http_fanout

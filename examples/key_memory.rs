@@ -27,23 +27,37 @@ fn main() {
     // Idle keys: `u64` keys, `()` values, a history of one.
     let hub: Keyed<u64, ()> = Keyed::builder()
         .max_keys(usize::MAX)
-        .idle_timeout(Duration::ZERO)
+        .idle_timeout(Duration::from_secs(3600))
         .build();
     let before = ALLOC.allocated();
     for k in 0..keys {
         drop(hub.broadcaster(&k).expect("no limit"));
     }
-    let held = ALLOC.allocated() - before;
-    let key_and_value = std::mem::size_of::<u64>() + std::mem::size_of::<()>();
+    let per_key = |held: usize| held as f64 / keys as f64;
+    let live = ALLOC.allocated() - before;
     println!(
-        "idle keys: {keys}, bytes held: {held}, per key: {:.1} (of which the key and value themselves: {key_and_value})",
-        held as f64 / keys as f64
+        "{keys} unused live keys (u64 key, () value): {live} bytes, {:.1} per key",
+        per_key(live)
     );
-    let swept = hub.sweep();
+    let removed = hub.sweep();
+    assert_eq!(removed, 0);
+    let parked = ALLOC.allocated() - before;
     println!(
-        "after sweep: removed {swept}, bytes held over the empty hub: {}",
+        "the same keys parked by a sweep: {parked} bytes, {:.1} per key (of which the key itself: {})",
+        per_key(parked),
+        std::mem::size_of::<u64>()
+    );
+    drop(hub);
+    println!(
+        "hub dropped: {} bytes over the start",
         ALLOC.allocated() as i64 - before as i64
     );
+
+    let hub: Keyed<u64, ()> = Keyed::builder()
+        .max_keys(usize::MAX)
+        .idle_timeout(Duration::ZERO)
+        .build();
+    let before = ALLOC.allocated();
 
     // Churn: distinct keys, each used once, with a sweep every 10 000.
     let start = Instant::now();

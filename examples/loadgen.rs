@@ -286,7 +286,14 @@ impl Shared {
 }
 
 /// One held poll, re-sent after every answer for as long as the run lasts.
-async fn poller(mut conn: Conn, shared: Arc<Shared>, host: Arc<str>, epoch: Arc<str>, since: u64, timeout: u32) {
+async fn poller(
+    mut conn: Conn,
+    shared: Arc<Shared>,
+    host: Arc<str>,
+    epoch: Arc<str>,
+    since: u64,
+    timeout: u32,
+) {
     let mut since = since;
     let mut go = shared.go.subscribe();
     let result: Result<()> = async {
@@ -361,9 +368,18 @@ async fn until_held(control: &mut Conn, host: &str, target: u64, shared: &Shared
 }
 
 /// Posts a cart change that moves the version on; returns the new version.
-async fn trigger(control: &mut Conn, host: &str, session: &str, add: &mut bool, before: u64) -> Result<u64> {
+async fn trigger(
+    control: &mut Conn,
+    host: &str,
+    session: &str,
+    add: &mut bool,
+    before: u64,
+) -> Result<u64> {
     for _ in 0..2 {
-        let body = format!("session={session}&action={}", if *add { "add" } else { "remove" });
+        let body = format!(
+            "session={session}&action={}",
+            if *add { "add" } else { "remove" }
+        );
         *add = !*add;
         let request = format!(
             "POST /cart HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
@@ -372,7 +388,12 @@ async fn trigger(control: &mut Conn, host: &str, session: &str, add: &mut bool, 
         );
         let r = control.request(request.as_bytes()).await?;
         if r.status != 200 {
-            return Err(format!("POST /cart answered {}: {}", r.status, String::from_utf8_lossy(&r.body)).into());
+            return Err(format!(
+                "POST /cart answered {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            )
+            .into());
         }
         let version = json_u64(&r.body, "version").ok_or("cart answer without a version")?;
         if version != before {
@@ -429,13 +450,17 @@ async fn run_mode(name: &str, run: &Run<'_>, control: &mut Conn, add: &mut bool)
         session,
         ref cpu,
     } = *run;
-    println!("\nmode {name}: {} rounds of one change to {} held polls", args.rounds, args.polls);
+    println!(
+        "\nmode {name}: {} rounds of one change to {} held polls",
+        args.rounds, args.polls
+    );
     println!(
         "{:>5} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12}",
         "round", "p50 ms", "p99 ms", "max ms", "post ms", "loadgen cpu", "server cpu"
     );
     let mut all = Vec::with_capacity(args.polls * args.rounds);
-    let (mut own_total, mut server_total, mut wall_total) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut own_total, mut server_total, mut wall_total) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut server_known = true;
     for round in 1..=args.rounds {
         let s = until_held(control, host, target, shared).await?;
@@ -448,7 +473,12 @@ async fn run_mode(name: &str, run: &Run<'_>, control: &mut Conn, add: &mut bool)
             .await
             .map_err(|_| "not every poll was answered within 60 s")?;
         let (own1, server1) = cpu.read();
-        let mut lat: Vec<Duration> = shared.arrivals.lock().iter().map(|a| a.saturating_duration_since(t0)).collect();
+        let mut lat: Vec<Duration> = shared
+            .arrivals
+            .lock()
+            .iter()
+            .map(|a| a.saturating_duration_since(t0))
+            .collect();
         lat.sort_unstable();
         let own = delta(own0, own1).unwrap_or_default();
         let server = delta(server0, server1);
@@ -481,7 +511,11 @@ async fn run_mode(name: &str, run: &Run<'_>, control: &mut Conn, add: &mut bool)
         ms(all.last().copied().unwrap_or_default()),
         ms(wall_total / rounds),
         ms(own_total / rounds),
-        if server_known { format!("{} ms", ms(server_total / rounds)) } else { "unknown (no --pid)".into() },
+        if server_known {
+            format!("{} ms", ms(server_total / rounds))
+        } else {
+            "unknown (no --pid)".into()
+        },
     );
     Ok(())
 }
@@ -541,8 +575,12 @@ async fn run(args: Args) -> Result<()> {
     let connected = Arc::new(AtomicUsize::new(0));
     for _ in 0..args.polls {
         let permit = Arc::clone(&permits).acquire_owned().await?;
-        let (shared, host, epoch, connected) =
-            (Arc::clone(&shared), Arc::clone(&host), Arc::clone(&epoch), Arc::clone(&connected));
+        let (shared, host, epoch, connected) = (
+            Arc::clone(&shared),
+            Arc::clone(&host),
+            Arc::clone(&epoch),
+            Arc::clone(&connected),
+        );
         let (since, timeout) = (s0.version, args.poll_timeout);
         tokio::spawn(async move {
             match Conn::connect(addr).await {

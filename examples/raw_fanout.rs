@@ -186,7 +186,10 @@ struct Request {
 
 /// Reads one request from `stream`, buffering in `buf`. `None` at a clean
 /// end of stream.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Request>> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = std::str::from_utf8(&buf[..end])
@@ -293,9 +296,7 @@ async fn connection(mut stream: TcpStream, app: Arc<App>) -> std::io::Result<()>
                         let (version, count) = app.cart(a == "add");
                         respond(&mut stream, "200 OK", &state_json(version, count)).await?;
                     }
-                    _ => {
-                        respond(&mut stream, "400 Bad Request", r#"{"error":"action"}"#).await?
-                    }
+                    _ => respond(&mut stream, "400 Bad Request", r#"{"error":"action"}"#).await?,
                 }
             }
             _ => respond(&mut stream, "404 Not Found", r#"{"error":"not found"}"#).await?,

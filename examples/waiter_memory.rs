@@ -80,7 +80,7 @@ fn measure(variant: &str, n: usize) -> Measured {
                     let pad = [0u64; 5];
                     let fut = async move {
                         std::future::pending::<()>().await;
-                        drop(pad);
+                        std::hint::black_box(pad);
                     };
                     future_size = size_of_val(&fut);
                     drop(tokio::spawn(fut));

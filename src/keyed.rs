@@ -111,7 +111,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -311,6 +311,7 @@ impl<K, T> KeyedBuilder<K, T> {
                 mask: n - 1,
                 hasher: RandomState::new(),
                 len: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
                 max_keys,
                 idle_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
                 idle_timeout,
@@ -367,6 +368,9 @@ struct Hub<K, T> {
     /// Keys in all shards. Raised before a key is inserted, so that the
     /// limit holds exactly even when shards insert concurrently.
     len: AtomicUsize,
+    /// Set by [`Keyed::close`]: every broadcaster made live after it is
+    /// closed before anyone sees it.
+    closed: AtomicBool,
     max_keys: usize,
     idle_timeout: Duration,
     idle_ms: u64,
@@ -408,6 +412,17 @@ impl Tip {
 impl<K, T> Hub<K, T> {
     fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Closes `b` (new, without waiters) if the hub is closed. Called under
+    /// the shard lock that installs `b`: [`Keyed::close`] sets the flag
+    /// before it takes each shard's lock, so a broadcaster installed after
+    /// close visited its shard sees the flag, and one installed before is
+    /// closed by close itself.
+    fn close_if_closed(&self, b: &Broadcaster<T>) {
+        if self.closed.load(Ordering::SeqCst) {
+            b.close();
+        }
     }
 
     fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<HashMap<K, Entry<T>>> {
@@ -539,6 +554,7 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
                             if let Some((b, Some(t))) = &built {
                                 if *t == tip {
                                     let b = b.clone();
+                                    hub.close_if_closed(&b);
                                     entry.slot = Slot::Live(b.clone());
                                     drop(map);
                                     release(reserved);
@@ -561,6 +577,7 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
                     }
                     if let Some((b, None)) = &built {
                         let b = b.clone();
+                        hub.close_if_closed(&b);
                         map.insert(
                             key.to_owned(),
                             Entry {
@@ -759,6 +776,39 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
         }
     }
 
+    /// Closes the hub, for graceful shutdown: every live broadcaster is
+    /// closed now, so pending waits resolve with [`WaitError::Closed`] and
+    /// event streams end; every broadcaster the hub hands out later is
+    /// closed too. Returns `false` if it was already closed.
+    ///
+    /// Keys stay (and keep counting against the limit) until swept.
+    pub fn close(&self) -> bool {
+        let hub = &*self.shared;
+        if hub.closed.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        for shard in hub.shards.iter() {
+            let live: Vec<Broadcaster<T>> = shard
+                .lock()
+                .values()
+                .filter_map(|e| match &e.slot {
+                    Slot::Live(b) => Some(b.clone()),
+                    Slot::Parked(_) => None,
+                })
+                .collect();
+            // Outside the lock: closing runs the waiters' callbacks.
+            for b in live {
+                b.close();
+            }
+        }
+        true
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
     /// Parks every key not in use, removes those unused for at least the
     /// idle timeout (and closed ones), and returns how many it removed.
     ///
@@ -809,6 +859,7 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
 }
 
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 impl<K, T> Keyed<K, T>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,

@@ -96,8 +96,8 @@
 //!
 //! | feature | default | enables |
 //! |---------|---------|---------|
-//! | `tokio` | yes     | [`Broadcaster::wait_timeout`], on tokio's timer |
-//! | `http`  | no      | [`http`]: the long-poll endpoint on the `http` crate's types (query and `If-None-Match` parsing, `200`/`204`/`400`/`503` answers, one body encoding per version) |
+//! | `tokio` | yes     | [`Broadcaster::wait_timeout`] and [`Keyed::sweeper`](keyed::Keyed::sweeper), on tokio's timer |
+//! | `http`  | no      | [`http`]: the long-poll endpoint on the `http` crate's types (query and `If-None-Match` parsing, `200`/`204`/`400`/`503` answers, one body encoding per version); [`sse`](crate::sse): server-sent events on the same cursor (`Last-Event-ID` resume, heartbeats, lag as a `resync` event) |
 //! | `redis` | no      | [`redis`](crate::redis): a Redis backplane, so that several server instances share one version sequence and wake each other's waiters |
 //!
 //! [`tokio::sync::watch`]: https://docs.rs/tokio/latest/tokio/sync/watch/index.html
@@ -112,6 +112,9 @@ mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod keyed;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod sse;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -313,3 +313,22 @@ fn concurrent_first_uses_of_a_parked_key_share_one_broadcaster() {
     }
     assert_eq!(hub.len(), 1);
 }
+
+#[test]
+fn closing_the_hub_answers_pending_waits_and_closes_every_later_key() {
+    let hub = hub(100, Duration::from_secs(60));
+    let mut live = task::spawn(hub.wait("live", Cursor::NEXT).unwrap());
+    assert_pending!(live.poll());
+    hub.notify("parked", 1).unwrap();
+    assert_eq!(hub.sweep(), 0); // parks "parked"
+    assert!(hub.close());
+    assert!(!hub.close());
+    assert!(hub.is_closed());
+    assert_eq!(assert_ready!(live.poll()).unwrap_err(), WaitError::Closed);
+    // A parked key brought back, and a new key, are closed as well.
+    assert!(hub.broadcaster("parked").unwrap().is_closed());
+    assert!(hub.broadcaster("new").unwrap().is_closed());
+    assert_eq!(hub.notify("new", 1).unwrap_err(), KeyedPublishError::Closed);
+    let answer = hub.wait("other", Cursor::NEXT).unwrap().now_or_never();
+    assert_eq!(answer.unwrap().unwrap_err(), WaitError::Closed);
+}

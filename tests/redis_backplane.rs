@@ -13,6 +13,22 @@ use redis_common::{command, delete_prefix, shared_redis, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// Waits until `ch` holds `version` (each wait is for a change after the
+/// current state, so this loop always yields).
+async fn reach<T>(ch: &Channel<T>, version: Version) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let cur = ch.current();
+            if cur.version() >= version {
+                return;
+            }
+            let _ = ch.broadcaster().wait(cur.cursor()).await;
+        }
+    })
+    .await
+    .expect("the channel reaches the version");
+}
+
 async fn two_instances(url: &str, prefix: &str) -> (Backplane, Backplane) {
     let a = Backplane::builder(url)
         .prefix(prefix)
@@ -85,18 +101,11 @@ async fn a_cursor_from_a_is_answered_on_b_with_what_it_missed() {
     on_a.publish("two".into()).await.unwrap();
     on_a.publish("three".into()).await.unwrap();
 
-    // The client polls B next, with A's cursor: B answers at once with the
-    // two updates it missed, in order, once B has received them.
-    let changed = tokio::time::timeout(WAIT, async {
-        loop {
-            let changed = on_b.broadcaster().wait(seen_on_a).await.unwrap();
-            if changed.version() == Version::new(3) {
-                return changed;
-            }
-        }
-    })
-    .await
-    .expect("B reaches version 3");
+    // Once B has received them...
+    reach(&on_b, Version::new(3)).await;
+    // ... the client polls B with A's cursor, and B answers at once with
+    // the two updates it missed, in order.
+    let changed = on_b.broadcaster().wait(seen_on_a).await.unwrap();
     let values: Vec<&str> = changed
         .updates()
         .iter()
@@ -286,18 +295,8 @@ async fn a_modify_script_never_oversells_across_two_instances() {
     assert_eq!(taken_at, (1..=30).collect::<Vec<_>>());
     assert_eq!(sold_out, 50);
     for ch in [&on_a, &on_b] {
-        let last = tokio::time::timeout(WAIT, async {
-            loop {
-                let cur = ch.current();
-                if cur.version() == Version::new(30) {
-                    return cur;
-                }
-                let _ = ch.broadcaster().wait(cur.cursor()).await;
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(**last.value(), 0);
+        reach(ch, Version::new(30)).await;
+        assert_eq!(**ch.current().value(), 0);
     }
     delete_prefix(&url, &prefix).await;
 }
@@ -427,6 +426,7 @@ async fn a_deleted_channel_starts_again_under_a_new_epoch_on_every_instance() {
     let on_a = a.channel("c", 100u32).await.unwrap();
     let on_b = b.channel("c", 100u32).await.unwrap();
     on_a.publish(50).await.unwrap();
+    reach(&on_b, Version::new(1)).await;
     let old = on_a.current();
     let waiter = tokio::spawn({
         let on_b = on_b.clone();

@@ -55,12 +55,19 @@ pub(crate) enum CartError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     Closed,
+    /// The shared store (Redis) did not answer or refused: nothing changed.
+    #[error("the cart store is unavailable")]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only Redis fails so
+    Unavailable,
 }
 
 /// Where cart state lives. In process today; a shared store (one inventory
 /// for several instances) is another variant with the same operations.
 pub(crate) enum Store {
     Memory(MemoryStore),
+    /// Shared by every instance on one Redis (`--redis`).
+    #[cfg(feature = "redis")]
+    Redis(super::redis_store::RedisStore),
 }
 
 impl Store {
@@ -68,6 +75,8 @@ impl Store {
     pub(crate) fn broadcaster(&self) -> &Broadcaster<Stock> {
         match self {
             Store::Memory(m) => &m.stock,
+            #[cfg(feature = "redis")]
+            Store::Redis(r) => r.broadcaster(),
         }
     }
 
@@ -79,13 +88,17 @@ impl Store {
     ) -> Result<CartState, CartError> {
         match self {
             Store::Memory(m) => m.apply(session, action),
+            #[cfg(feature = "redis")]
+            Store::Redis(r) => r.apply(session, action).await,
         }
     }
 
     /// The count, version and epoch now, and whether `session` holds a unit.
-    pub(crate) async fn snapshot(&self, session: &str) -> CartState {
+    pub(crate) async fn snapshot(&self, session: &str) -> Result<CartState, CartError> {
         match self {
-            Store::Memory(m) => m.snapshot(session),
+            Store::Memory(m) => Ok(m.snapshot(session)),
+            #[cfg(feature = "redis")]
+            Store::Redis(r) => r.snapshot(session).await,
         }
     }
 

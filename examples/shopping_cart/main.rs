@@ -20,6 +20,10 @@
 //!   h2c through hyper-util's auto builder) and graceful shutdown;
 //! * `routes.rs`: a `match` on method and path, one function per endpoint;
 //! * `cart.rs`: the cart state, changed atomically with its version;
+//! * `redis_store.rs`: the cart in Redis (`--redis URL`, feature `redis`),
+//!   so that several instances behind a load balancer share one inventory;
+//! * `conn.rs`: what one connection may cost (`--max-connections`, the
+//!   header and idle timeouts);
 //! * `index.html`: the page, vanilla JS, served with the state filled in.
 //!
 //! On SIGINT or SIGTERM the server stops accepting and closes the
@@ -27,6 +31,8 @@
 //! `Retry-After: 1` at once, and exits within a second.
 
 mod cart;
+mod conn;
+mod redis_store;
 mod routes;
 
 use std::future::Future;
@@ -42,6 +48,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+pub(crate) use conn::Limits;
 pub(crate) use routes::App;
 
 /// How long connections get, once the broadcaster is closed, to send their
@@ -69,15 +76,59 @@ pub(crate) struct Args {
     /// connection is closed (decimal allowed).
     #[arg(long, default_value = "10", value_parser = seconds)]
     pub(crate) header_timeout: Duration,
+    /// Seconds a connection may stay open with no request in progress
+    /// (decimal allowed); also ends a connection whose client stopped
+    /// reading its answers.
+    #[arg(long, default_value = "60", value_parser = seconds)]
+    pub(crate) idle_timeout: Duration,
+    /// Connections open at once; a connection beyond them is answered 503
+    /// and closed at once.
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
+    pub(crate) max_connections: usize,
+    /// Keep the cart in the Redis at this URL (`redis://host:port/`), so
+    /// that every instance started with it shares one inventory.
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
+    /// Prefix of the Redis keys: instances of one shop share it.
+    #[arg(long, default_value = "shopping_cart:", requires = "redis")]
+    pub(crate) redis_prefix: String,
 }
 
 impl Args {
+    /// The app these flags ask for: in this process, or on Redis with
+    /// `--redis` (which fails if Redis does not answer).
+    pub(crate) async fn connect_app(&self) -> std::io::Result<Arc<App>> {
+        match &self.redis {
+            None => Ok(self.app()),
+            Some(url) => redis_store::app(self, url).await,
+        }
+    }
+
     pub(crate) fn app(&self) -> Arc<App> {
         Arc::new(App::new(
             self.inventory,
             self.poll_timeout,
             self.max_waiters,
         ))
+    }
+}
+
+impl Args {
+    /// The per-connection limits the flags ask for.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+/// A count of at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number of at least 1")),
     }
 }
 
@@ -90,20 +141,46 @@ fn seconds(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    // Before listening: with `--redis`, a Redis that does not answer is an
+    // error at start, not a server that answers 503 to everything.
+    let app = match args.connect_app().await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("shopping_cart: {e}");
+            std::process::exit(1);
+        }
+    };
     let listener = TcpListener::bind(args.addr).await?;
     // The first line of stdout, for scripts that started us with port 0.
     println!("listening on http://{}", listener.local_addr()?);
-    serve(listener, args.app(), args.header_timeout, shutdown_signal()).await;
+    serve_with(listener, app, args.limits(), shutdown_signal()).await;
     Ok(())
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then closes the
-/// app (held long polls get `503`) and waits at most [`DRAIN`] for the
-/// connections to finish.
+/// [`serve_with`] with this header timeout and the other limits at their
+/// defaults. The binary calls `serve_with`; tests that start the server in
+/// process call this.
+#[allow(dead_code)]
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = Limits {
+        header_timeout,
+        ..Limits::default()
+    };
+    serve_with(listener, app, limits, shutdown).await;
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` completes,
+/// then closes the app (held long polls get `503`) and waits at most
+/// [`DRAIN`] for the connections to finish.
+pub(crate) async fn serve_with(
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -112,7 +189,8 @@ pub(crate) async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(limits.header_timeout);
+    let slots = conn::ConnectionSlots::new(limits.max_connections);
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
 
@@ -129,15 +207,37 @@ pub(crate) async fn serve(
                         continue;
                     }
                 };
+                let Some(slot) = slots.try_take() else {
+                    conn::refuse(tcp);
+                    continue;
+                };
                 let app = Arc::clone(&app);
-                let service = service_fn(move |req| routes::route(Arc::clone(&app), req));
+                let activity = Arc::new(conn::Activity::default());
+                let service = service_fn({
+                    let activity = Arc::clone(&activity);
+                    move |req| {
+                        let busy = activity.begin();
+                        let answer = routes::route(Arc::clone(&app), req);
+                        async move {
+                            let answer = answer.await;
+                            drop(busy);
+                            answer
+                        }
+                    }
+                });
                 let conn = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
                 let conn = graceful.watch(conn);
                 // A task per connection: a held long poll must not delay
                 // anyone else. Connection errors (a client that went away, a
-                // header timeout) concern that client only.
+                // header timeout) concern that client only. The connection's
+                // place under `--max-connections` is returned when it ends:
+                // done, failed, or dropped here once idle too long.
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let _slot = slot;
+                    tokio::select! {
+                        _ = conn => {}
+                        () = activity.until_idle(&limits) => {}
+                    }
                 });
             }
             () = &mut shutdown => break,

@@ -105,7 +105,10 @@ async fn page(app: &App, headers: &HeaderMap) -> Response<Bytes> {
         Some(session) => (session.to_owned(), false),
         None => (new_session_id(), true),
     };
-    let state = app.store.snapshot(&session).await;
+    let state = match app.store.snapshot(&session).await {
+        Ok(state) => state,
+        Err(_) => return unavailable("the cart store is unavailable"),
+    };
     let html = PAGE
         .replace("{{SESSION}}", &session)
         .replace("{{COUNT}}", &state.count.to_string())
@@ -175,16 +178,17 @@ async fn cart(app: &App, req: Request<Incoming>) -> Response<Bytes> {
         Err(CartError::SoldOut(state)) => {
             json(StatusCode::CONFLICT, cart_json(&state, Some("sold out")))
         }
-        Err(CartError::Closed) => {
-            let mut resp = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is shutting down",
-            );
-            resp.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            resp
-        }
+        Err(CartError::Closed) => unavailable("the server is shutting down"),
+        Err(CartError::Unavailable) => unavailable("the cart store is unavailable"),
     }
+}
+
+/// `503` with `Retry-After: 1`.
+fn unavailable(message: &str) -> Response<Bytes> {
+    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// Reads a body of at most [`BODY_LIMIT`] bytes within [`BODY_TIMEOUT`].

@@ -1,0 +1,369 @@
+//! The chat server itself: state, routes and serving, shared by `main.rs`
+//! and the tests (which include this file with `#[path]`).
+//!
+//! | endpoint                      | what                                                        |
+//! |-------------------------------|-------------------------------------------------------------|
+//! | `GET /`                       | the page (`?room=<name>&transport=poll\|sse`)               |
+//! | `GET /rooms/{room}/messages`  | long poll: `since`, `epoch`, `timeout`; no cursor: the room's retained messages at once |
+//! | `GET /rooms/{room}/events`    | server-sent events: `Last-Event-ID` or `since` + `epoch`    |
+//! | `POST /rooms/{room}/messages` | `name=..&text=..`, form-encoded                             |
+//! | `GET /healthz`                | `200` once the server accepts requests                      |
+//!
+//! A room name is 1 to 32 characters of `a-z`, `0-9`, `-` and `_`. A
+//! message's text is 1 to `max_message_chars` characters, its author's
+//! name at most 32; a request body is at most 16 KiB.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use longpoll::http::{error_response, media_type_is, Form, PollConfig, PollRequest};
+use longpoll::keyed::{Keyed, KeyedPublishError, TooManyKeys};
+use longpoll::sse::{event_id, Sse, SseConfig};
+use longpoll::{Changed, Resync, Update, WaitError};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// The page, served as is: everything it needs is inline.
+const PAGE: &str = include_str!("chat.html");
+/// The largest request body accepted (413 past it).
+const MAX_BODY: usize = 16 * 1024;
+/// The longest author name, in characters.
+const MAX_NAME_CHARS: usize = 32;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub(crate) name: String,
+    pub(crate) text: String,
+}
+
+/// A room's value at each version: the message published at it. A room
+/// starts at version 0 with no message.
+pub(crate) type Entry = Option<Message>;
+
+/// What the server is configured with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Messages each room keeps for clients that reconnect.
+    pub(crate) history: usize,
+    /// Most rooms at once (503 past it).
+    pub(crate) max_rooms: usize,
+    /// How long an unused room is kept.
+    pub(crate) room_idle: Duration,
+    /// The longest message, in characters.
+    pub(crate) max_message_chars: usize,
+    /// Long-poll timeouts.
+    pub(crate) poll: PollConfig,
+    /// SSE retry advice and heartbeat.
+    pub(crate) sse: SseConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            history: 100,
+            max_rooms: 1000,
+            room_idle: Duration::from_secs(600),
+            max_message_chars: 500,
+            poll: PollConfig::new(),
+            sse: SseConfig::new(),
+        }
+    }
+}
+
+/// The server's state: the rooms, and how their messages are encoded.
+#[derive(Clone)]
+pub(crate) struct Chat {
+    rooms: Keyed<String, Entry>,
+    sse: Sse<Entry>,
+    settings: Arc<Settings>,
+}
+
+impl Chat {
+    pub(crate) fn new(settings: Settings) -> Self {
+        let rooms = Keyed::builder()
+            .history(settings.history)
+            .max_keys(settings.max_rooms)
+            .idle_timeout(settings.room_idle)
+            .build();
+        let sse = Sse::new(|u: &Update<Entry>| Bytes::from(message_json(u).to_string()))
+            .with_config(settings.sse);
+        Chat {
+            rooms,
+            sse,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// The rooms (the tests look inside).
+    #[allow(dead_code)]
+    pub(crate) fn rooms(&self) -> &Keyed<String, Entry> {
+        &self.rooms
+    }
+}
+
+/// `{"version": N, "name": ..., "text": ...}`, or `null` for a room's
+/// starting point.
+fn message_json(u: &Update<Entry>) -> Value {
+    match &**u.value() {
+        Some(m) => json!({ "version": u.version().get(), "name": m.name, "text": m.text }),
+        None => Value::Null,
+    }
+}
+
+/// `{"reason": ...}` as in the SSE `resync` event.
+fn resync_json(resync: Option<Resync>) -> Value {
+    match resync {
+        None => Value::Null,
+        Some(Resync::Lagged { skipped }) => json!({ "reason": "lagged", "skipped": skipped }),
+        Some(Resync::Ahead) => json!({ "reason": "ahead" }),
+        Some(Resync::OtherEpoch) => json!({ "reason": "other-epoch" }),
+        Some(_) => json!({ "reason": "resync" }),
+    }
+}
+
+/// A long-poll answer: the cursor to send next time, why the client must
+/// start over (if it must), and the messages, oldest first.
+fn messages_response(updates: &[Update<Entry>], resync: Value) -> Response {
+    let last = updates.last().expect("never empty");
+    let body = json!({
+        "epoch": last.epoch().to_string(),
+        "version": last.version().get(),
+        "id": event_id(last.epoch(), last.version()),
+        "resync": resync,
+        "messages": updates.iter().map(message_json).filter(|m| !m.is_null()).collect::<Vec<_>>(),
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    error_response(status, message).map(Body::from)
+}
+
+/// `503` with `Retry-After`, for a full server or one shutting down.
+fn unavailable(message: &str, retry_after_secs: u32) -> Response {
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    resp
+}
+
+fn too_many_rooms(e: TooManyKeys) -> Response {
+    unavailable(&format!("{e}: try again later"), 5)
+}
+
+/// Whether `room` is a valid room name: 1 to 32 of `a-z0-9_-`.
+pub(crate) fn valid_room(room: &str) -> bool {
+    (1..=32).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn check_room(room: &str) -> Result<(), Response> {
+    if valid_room(room) {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::BAD_REQUEST,
+            "a room name is 1 to 32 characters of a-z, 0-9, '-' and '_'",
+        ))
+    }
+}
+
+/// The routes, over `chat`.
+pub(crate) fn router(chat: Chat) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/rooms/{room}/messages", get(poll).post(post))
+        .route("/rooms/{room}/events", get(events))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(chat)
+}
+
+async fn page() -> Response {
+    let mut resp = PAGE.into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // The page loads nothing from elsewhere, and no script but its own.
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+        ),
+    );
+    resp
+}
+
+/// The long poll. Without a cursor: the room's retained messages at once
+/// (a baseline, `"resync": {"reason": "initial"}`). With one: every message
+/// after it as soon as there is one, or `204` after the timeout.
+async fn poll(
+    State(chat): State<Chat>,
+    Path(room): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(resp) = check_room(&room) {
+        return resp;
+    }
+    let request = match PollRequest::from_parts(&uri, &headers, &chat.settings.poll) {
+        Ok(r) => r,
+        Err(e) => return e.into_response().map(Body::from),
+    };
+    let cursor = request.cursor();
+    if cursor.version().is_none() {
+        return match chat.rooms.broadcaster(&room) {
+            Ok(b) => messages_response(&b.history(), json!({ "reason": "initial" })),
+            Err(e) => too_many_rooms(e),
+        };
+    }
+    let wait = match chat.rooms.wait(&room, cursor) {
+        Ok(w) => w,
+        Err(e) => return too_many_rooms(e),
+    };
+    match tokio::time::timeout(request.timeout(), wait).await {
+        Err(_elapsed) => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            resp.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Ok(Ok(changed)) => changed_response(&changed),
+        Ok(Err(WaitError::Full { .. })) => unavailable("too many waiters in this room", 5),
+        Ok(Err(_closed)) => unavailable("the server is shutting down", 1),
+    }
+}
+
+fn changed_response(changed: &Changed<Entry>) -> Response {
+    messages_response(changed.updates(), resync_json(changed.resync()))
+}
+
+/// The event stream of a room.
+async fn events(
+    State(chat): State<Chat>,
+    Path(room): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(resp) = check_room(&room) {
+        return resp;
+    }
+    let cursor = match Sse::<Entry>::cursor(&uri, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response().map(Body::from),
+    };
+    match chat.rooms.broadcaster(&room) {
+        Ok(b) if b.is_closed() => unavailable("the server is shutting down", 1),
+        Ok(b) => chat.sse.response(&b, cursor).map(Body::new),
+        Err(e) => too_many_rooms(e),
+    }
+}
+
+/// Publishes a message: `name` (optional) and `text`, form-encoded.
+async fn post(
+    State(chat): State<Chat>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = check_room(&room) {
+        return resp;
+    }
+    let form_type = headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|t| media_type_is(t.as_bytes(), "application/x-www-form-urlencoded"));
+    if !form_type {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the message as application/x-www-form-urlencoded",
+        );
+    }
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let text = form.get("text").unwrap_or("").trim();
+    let name = form.get("name").unwrap_or("").trim();
+    let name = if name.is_empty() { "anonymous" } else { name };
+    if text.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "the message is empty");
+    }
+    let max = chat.settings.max_message_chars;
+    if text.chars().count() > max {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a message is at most {max} characters"),
+        );
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("a name is at most {MAX_NAME_CHARS} characters"),
+        );
+    }
+    let message = Message {
+        name: name.to_string(),
+        text: text.to_string(),
+    };
+    let published = chat
+        .rooms
+        .broadcaster(&room)
+        .map_err(KeyedPublishError::from)
+        .and_then(|b| Ok((b.notify(Some(message))?, b.epoch())));
+    match published {
+        Ok((version, epoch)) => json_response(
+            StatusCode::OK,
+            &json!({
+                "version": version.get(),
+                "epoch": epoch.to_string(),
+                "id": event_id(epoch, version),
+            }),
+        ),
+        Err(KeyedPublishError::TooManyKeys(e)) => too_many_rooms(e),
+        Err(_closed) => unavailable("the server is shutting down", 1),
+    }
+}
+
+/// Serves `chat` on `listener` until `shutdown` completes; then closes
+/// every room, so that held long polls are answered `503` and event
+/// streams end, and waits for the connections to finish.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    chat: Chat,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let sweeper = tokio::spawn(chat.rooms.sweeper(chat.settings.room_idle / 2));
+    let rooms = chat.rooms.clone();
+    let app = router(chat);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            rooms.close();
+        })
+        .await;
+    if let Err(e) = result {
+        eprintln!("server error: {e}");
+    }
+    sweeper.abort();
+}

@@ -1,0 +1,94 @@
+//! Tornado's chat demo, done with long polls and server-sent events on one
+//! cursor: rooms are keys of a [`Keyed`](longpoll::keyed::Keyed) hub, each
+//! room keeps its last messages, and a page that reconnects receives every
+//! message it missed exactly once, in order (or is told it missed too many,
+//! and starts over from what the room kept).
+//!
+//! ```sh
+//! cargo run --release --features http --example chat
+//! # then open http://127.0.0.1:8888/?room=lobby (add &transport=sse for SSE)
+//! ```
+//!
+//! The files: `app.rs` (state, routes, serving; the tests use it too) and
+//! `chat.html` (the page: vanilla JS, no external resources, every message
+//! written with `textContent`).
+//!
+//! On Ctrl-C or SIGTERM the server stops accepting, closes every room (held
+//! long polls get `503` with `Retry-After: 1`, event streams end, and the
+//! browsers reconnect once it is back), and exits.
+
+mod app;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use longpoll::http::PollConfig;
+use longpoll::sse::SseConfig;
+use tokio::net::TcpListener;
+
+/// The chat demo's flags.
+#[derive(Parser, Debug)]
+#[command(
+    name = "chat",
+    about = "Chat rooms over long polls and server-sent events"
+)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8888")]
+    addr: SocketAddr,
+    /// Messages each room keeps for clients that reconnect.
+    #[arg(long, default_value_t = 100)]
+    history: usize,
+    /// Most rooms at once.
+    #[arg(long, default_value_t = 1000)]
+    max_rooms: usize,
+    /// Seconds an unused room is kept.
+    #[arg(long, default_value_t = 600)]
+    room_idle: u64,
+    /// The longest message, in characters.
+    #[arg(long, default_value_t = 500)]
+    max_message_chars: usize,
+    /// Seconds between SSE keep-alive comments.
+    #[arg(long, default_value_t = 15)]
+    heartbeat: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let settings = app::Settings {
+        history: args.history,
+        max_rooms: args.max_rooms,
+        room_idle: Duration::from_secs(args.room_idle),
+        max_message_chars: args.max_message_chars,
+        poll: PollConfig::new(),
+        sse: SseConfig::new().heartbeat(Duration::from_secs(args.heartbeat.max(1))),
+    };
+    let listener = TcpListener::bind(args.addr).await?;
+    println!("chat listening on http://{}/", listener.local_addr()?);
+    app::serve(listener, app::Chat::new(settings), shutdown_signal()).await;
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

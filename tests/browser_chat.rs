@@ -1,0 +1,393 @@
+//! The chat page in a real browser: Debian's headless `chromium`, driven
+//! over WebDriver by `chromedriver`.
+//!
+//! Two pages open the same room, one receiving by long poll, the other by
+//! server-sent events. A message sent from either shows in both, written as
+//! text (markup in it stays text). Then the network between the browser and
+//! the server is cut (a loopback proxy in the test drops every connection
+//! and refuses new ones) while messages are posted: once it is back, each
+//! page shows every message it missed exactly once, in order. Cut again
+//! while more messages go by than the room keeps: each page says it missed
+//! some and shows what the room kept.
+//!
+//! Without `/usr/bin/chromium` and `/usr/bin/chromedriver`, or without the
+//! `http` feature, the test prints `skipped: ...` and passes, unless
+//! `LONGPOLL_REQUIRE_BROWSER=1` is set, as in CI. With
+//! `LONGPOLL_SCREENSHOT_DIR=DIR` it saves both pages as `DIR/chat-poll.png`
+//! and `DIR/chat-sse.png`.
+//!
+//! ```sh
+//! LONGPOLL_REQUIRE_BROWSER=1 cargo test --features http --test browser_chat -- --nocapture
+//! ```
+
+#![allow(missing_docs)]
+
+/// Passes with a note, or fails under `LONGPOLL_REQUIRE_BROWSER=1`.
+fn skip(reason: &str) {
+    use std::io::Write as _;
+
+    if std::env::var_os("LONGPOLL_REQUIRE_BROWSER").is_some_and(|v| v == "1") {
+        panic!("LONGPOLL_REQUIRE_BROWSER=1, but the browser test cannot run: {reason}");
+    }
+    // Straight to stderr: the harness hides `eprintln!` of a passing test.
+    let _ = writeln!(std::io::stderr(), "skipped: browser test: {reason}");
+}
+
+#[cfg(not(feature = "http"))]
+#[test]
+fn chat_pages_by_poll_and_sse_see_every_message_once_across_network_cuts() {
+    skip("the chat example needs the `http` feature (cargo test --features http)");
+}
+
+#[cfg(feature = "http")]
+#[path = "../examples/chat/app.rs"]
+mod app;
+
+// Only part of the WebDriver client is used here.
+#[cfg(feature = "http")]
+#[allow(dead_code)]
+#[path = "common/webdriver.rs"]
+mod webdriver;
+
+#[cfg(feature = "http")]
+mod in_chromium {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use longpoll::sse::SseConfig;
+    use parking_lot::Mutex;
+    use serde_json::json;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::AbortHandle;
+
+    use crate::app;
+    use crate::webdriver::{self, wait_until, ChromeDriver, Session};
+
+    /// Long enough for a change to reach a page over loopback many times.
+    const UI_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The long-poll page backs off up to 8 s between failed attempts.
+    const RECONNECT_TIMEOUT: Duration = Duration::from_secs(25);
+    /// How long the network stays cut.
+    const CUT: Duration = Duration::from_secs(2);
+    const HISTORY: usize = 5;
+    const ROOM: &str = "e2e";
+
+    /// A loopback TCP proxy that can drop every connection and refuse new
+    /// ones, then let them through again.
+    struct Proxy {
+        addr: SocketAddr,
+        cut: Arc<AtomicBool>,
+        conns: Arc<Mutex<Vec<AbortHandle>>>,
+        accept: AbortHandle,
+    }
+
+    impl Proxy {
+        async fn start(upstream: SocketAddr) -> Proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let cut = Arc::new(AtomicBool::new(false));
+            let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+            let accept = tokio::spawn({
+                let (cut, conns) = (cut.clone(), conns.clone());
+                async move {
+                    loop {
+                        let Ok((mut inbound, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        if cut.load(Ordering::SeqCst) {
+                            drop(inbound); // refused: closed at once
+                            continue;
+                        }
+                        let task = tokio::spawn(async move {
+                            if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                    .await;
+                            }
+                        });
+                        let mut conns = conns.lock();
+                        conns.retain(|c| !c.is_finished());
+                        conns.push(task.abort_handle());
+                    }
+                }
+            })
+            .abort_handle();
+            Proxy {
+                addr,
+                cut,
+                conns,
+                accept,
+            }
+        }
+
+        /// Drops every open connection and refuses new ones.
+        fn cut(&self) {
+            self.cut.store(true, Ordering::SeqCst);
+            for c in self.conns.lock().drain(..) {
+                c.abort();
+            }
+        }
+
+        fn restore(&self) {
+            self.cut.store(false, Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.accept.abort();
+            for c in self.conns.lock().drain(..) {
+                c.abort();
+            }
+        }
+    }
+
+    /// `[name, text]` of every message a page shows, in order.
+    async fn shown(page: &Session<'_>) -> webdriver::Result<Vec<(String, String)>> {
+        let v = page
+            .execute(
+                "return Array.from(document.querySelectorAll('#messages li'))
+                     .map(li => [li.querySelector('.name').textContent,
+                                 li.querySelector('.text').textContent]);",
+                json!([]),
+            )
+            .await?;
+        Ok(v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap().to_string(),
+                    p[1].as_str().unwrap().to_string(),
+                )
+            })
+            .collect())
+    }
+
+    fn texts(list: &[(String, String)]) -> Vec<String> {
+        list.iter().map(|(_, t)| t.clone()).collect()
+    }
+
+    /// Waits until `page` shows exactly `want` (texts, in order).
+    async fn wait_for_texts(page: &Session<'_>, what: &str, want: &[String], timeout: Duration) {
+        wait_until(what, timeout, || async {
+            let got = texts(&shown(page).await?);
+            Ok(if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    async fn wait_live(page: &Session<'_>, what: &str, timeout: Duration) {
+        wait_until(what, timeout, || async {
+            let status = page.text("#status").await?;
+            Ok(if status == "live" {
+                Ok(())
+            } else {
+                Err(status)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Types into the page's form and clicks Send.
+    async fn send(page: &Session<'_>, name: &str, text: &str) {
+        page.execute(
+            "document.getElementById('name').value = arguments[0];
+             document.getElementById('text').value = arguments[1];",
+            json!([name, text]),
+        )
+        .await
+        .unwrap();
+        page.click("#send-button").await.unwrap();
+        wait_until(
+            "the text box to empty after sending",
+            UI_TIMEOUT,
+            || async {
+                let v = page
+                    .execute("return document.getElementById('text').value;", json!([]))
+                    .await?;
+                Ok(if v == "" { Ok(()) } else { Err(v.to_string()) })
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Posts straight to the server (not through the proxy).
+    async fn post(server: SocketAddr, text: &str) {
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("http://{server}/rooms/{ROOM}/messages"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("name=server&text={text}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chat_pages_by_poll_and_sse_see_every_message_once_across_network_cuts() {
+        if let Err(reason) = webdriver::browser_available() {
+            crate::skip(&reason);
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let settings = app::Settings {
+            history: HISTORY,
+            sse: SseConfig::new().retry(Duration::from_millis(300)),
+            ..app::Settings::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(app::serve(listener, app::Chat::new(settings), async {
+            let _ = stopped.await;
+        }));
+        let proxy = Proxy::start(server).await;
+
+        let driver = ChromeDriver::start().expect("chromedriver starts");
+        let poll_page = driver.new_session(600, 700).await.expect("browser A");
+        let sse_page = driver.new_session(600, 700).await.expect("browser B");
+        let base = format!("http://{}/?room={ROOM}", proxy.addr);
+        poll_page
+            .goto(&format!("{base}&transport=poll"))
+            .await
+            .unwrap();
+        sse_page
+            .goto(&format!("{base}&transport=sse"))
+            .await
+            .unwrap();
+        wait_live(&poll_page, "the long-poll page to be live", UI_TIMEOUT).await;
+        wait_live(&sse_page, "the SSE page to be live", UI_TIMEOUT).await;
+        assert_eq!(
+            sse_page.text("#transport").await.unwrap(),
+            "server-sent events"
+        );
+
+        // A message from either page shows in both; markup stays text.
+        let xss = "<img src=x onerror=\"window.pwned=1\"> <b>bold?</b>";
+        send(&poll_page, "alice", xss).await;
+        send(&sse_page, "bob", "hi alice").await;
+        let mut all: Vec<String> = vec![xss.into(), "hi alice".into()];
+        for (page, what) in [(&poll_page, "poll page"), (&sse_page, "sse page")] {
+            wait_for_texts(
+                page,
+                &format!("both messages on the {what}"),
+                &all,
+                UI_TIMEOUT,
+            )
+            .await;
+            let list = shown(page).await.unwrap();
+            assert_eq!(list[0].0, "alice");
+            assert_eq!(list[1].0, "bob");
+            let injected = page
+                .execute(
+                    "return [typeof window.pwned, document.querySelectorAll('#messages img, #messages b').length];",
+                    json!([]),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                injected,
+                json!(["undefined", 0]),
+                "markup ran on the {what}"
+            );
+        }
+        if let Some(dir) = std::env::var_os("LONGPOLL_SCREENSHOT_DIR") {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, page) in [("chat-poll.png", &poll_page), ("chat-sse.png", &sse_page)] {
+                std::fs::write(dir.join(name), page.screenshot_png().await.unwrap()).unwrap();
+            }
+        }
+
+        // Cut within history: 3 messages go by (the room keeps 5).
+        proxy.cut();
+        for i in 1..=3 {
+            let text = format!("missed-{i}");
+            post(server, &text).await;
+            all.push(text);
+        }
+        tokio::time::sleep(CUT).await;
+        proxy.restore();
+        for (page, what) in [(&poll_page, "poll page"), (&sse_page, "sse page")] {
+            wait_for_texts(
+                page,
+                &format!("every missed message once, in order, on the {what}"),
+                &all,
+                RECONNECT_TIMEOUT,
+            )
+            .await;
+            let notice = page.displayed("#notice").await.unwrap();
+            assert!(!notice, "no 'missed' notice within history on the {what}");
+        }
+        // Stable: nothing arrives twice later.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(texts(&shown(&poll_page).await.unwrap()), all);
+        assert_eq!(texts(&shown(&sse_page).await.unwrap()), all);
+
+        // Cut beyond history: 8 messages go by, the room keeps the last 5.
+        proxy.cut();
+        let mut beyond = Vec::new();
+        for i in 1..=8 {
+            let text = format!("beyond-{i}");
+            post(server, &text).await;
+            beyond.push(text);
+        }
+        tokio::time::sleep(CUT).await;
+        proxy.restore();
+        let kept = beyond[3..].to_vec();
+        for (page, what) in [(&poll_page, "poll page"), (&sse_page, "sse page")] {
+            wait_for_texts(
+                page,
+                &format!("the kept messages on the {what}"),
+                &kept,
+                RECONNECT_TIMEOUT,
+            )
+            .await;
+            let notice = page.text("#notice").await.unwrap();
+            assert_eq!(
+                notice, "You missed 3 message(s) while away; showing the ones the room kept.",
+                "on the {what}"
+            );
+        }
+
+        // And the pages are live again: a new message shows in both.
+        send(&sse_page, "bob", "after the cut").await;
+        let mut after = kept.clone();
+        after.push("after the cut".into());
+        wait_for_texts(
+            &poll_page,
+            "the new message on the poll page",
+            &after,
+            UI_TIMEOUT,
+        )
+        .await;
+        wait_for_texts(
+            &sse_page,
+            "the new message on the sse page",
+            &after,
+            UI_TIMEOUT,
+        )
+        .await;
+
+        poll_page.quit().await.unwrap();
+        sse_page.quit().await.unwrap();
+        drop(driver);
+        drop(proxy);
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("the server stops")
+            .unwrap();
+    }
+}

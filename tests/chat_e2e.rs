@@ -1,0 +1,445 @@
+//! The chat example end to end over a real socket: long polls and event
+//! streams of several clients, reconnection within and beyond a room's
+//! history, validation, the room limit and shutdown.
+#![cfg(feature = "http")]
+#![allow(missing_docs)]
+
+#[path = "../examples/chat/app.rs"]
+mod app;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Long enough for anything on loopback.
+const STEP: Duration = Duration::from_secs(5);
+
+struct Server {
+    base: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(settings: app::Settings) -> Server {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app::serve(listener, app::Chat::new(settings), async move {
+            let _ = rx.await;
+        }));
+        Server {
+            base,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+fn settings(history: usize) -> app::Settings {
+    app::Settings {
+        history,
+        ..app::Settings::default()
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn post(
+    c: &reqwest::Client,
+    s: &Server,
+    room: &str,
+    name: &str,
+    text: &str,
+) -> reqwest::Response {
+    let form = format!("name={}&text={}", urlencode(name), urlencode(text));
+    tokio::time::timeout(
+        STEP,
+        c.post(s.url(&format!("/rooms/{room}/messages")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send(),
+    )
+    .await
+    .expect("post answered")
+    .unwrap()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A long poll; `cursor` is `(epoch, version)`.
+async fn poll(
+    c: &reqwest::Client,
+    s: &Server,
+    room: &str,
+    cursor: Option<(&str, u64)>,
+    timeout: u32,
+) -> reqwest::Response {
+    let mut url = s.url(&format!("/rooms/{room}/messages"));
+    if let Some((epoch, version)) = cursor {
+        url += &format!("?since={version}&epoch={epoch}&timeout={timeout}");
+    }
+    tokio::time::timeout(
+        STEP + Duration::from_secs(timeout.into()),
+        c.get(url).send(),
+    )
+    .await
+    .expect("poll answered")
+    .unwrap()
+}
+
+async fn json(resp: reqwest::Response) -> Value {
+    assert_eq!(resp.status(), 200);
+    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+}
+
+fn texts(body: &Value) -> Vec<String> {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn cursor(body: &Value) -> (String, u64) {
+    (
+        body["epoch"].as_str().unwrap().to_string(),
+        body["version"].as_u64().unwrap(),
+    )
+}
+
+/// One event of a stream.
+#[derive(Debug, Clone)]
+struct Event {
+    kind: String,
+    id: Option<String>,
+    data: String,
+}
+
+/// An open event stream, read chunk by chunk.
+struct Stream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Stream {
+    async fn open(
+        c: &reqwest::Client,
+        s: &Server,
+        room: &str,
+        last_event_id: Option<&str>,
+    ) -> Stream {
+        let mut req = c.get(s.url(&format!("/rooms/{room}/events")));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = tokio::time::timeout(STEP, req.send())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        Stream {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// Reads until `n` more events (comments and `retry:` aside) arrived.
+    async fn events(&mut self, n: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut e = Event {
+                    kind: "message".into(),
+                    id: None,
+                    data: String::new(),
+                };
+                let mut has_data = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        e.kind = v.into();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        e.id = Some(v.into());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        e.data = v.into();
+                        has_data = true;
+                    }
+                }
+                if has_data {
+                    out.push(e);
+                }
+            }
+            if out.len() >= n {
+                break;
+            }
+            let chunk = tokio::time::timeout(STEP, self.resp.chunk())
+                .await
+                .expect("an event in time")
+                .unwrap()
+                .expect("the stream is still open");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        out
+    }
+
+    /// Whether the server ends the stream within `STEP`.
+    async fn ends(mut self) -> bool {
+        loop {
+            match tokio::time::timeout(STEP, self.resp.chunk()).await {
+                Ok(Ok(None)) | Ok(Err(_)) => return true,
+                Ok(Ok(Some(_))) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The text of each message event (starting points, `null`, left out).
+fn event_texts(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.kind == "message")
+        .filter_map(|e| {
+            let v: Value = serde_json::from_str(&e.data).unwrap();
+            v["text"].as_str().map(String::from)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_reaches_every_open_poll_and_stream_of_its_room_only() {
+    let s = Server::start(settings(100)).await;
+    let c = client();
+    let lobby = json(poll(&c, &s, "lobby", None, 0).await).await;
+    let other = json(poll(&c, &s, "other", None, 0).await).await;
+    let (le, lv) = cursor(&lobby);
+    let (oe, ov) = cursor(&other);
+
+    let pollers: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (
+                c.clone(),
+                s.url(&format!(
+                    "/rooms/lobby/messages?since={lv}&epoch={le}&timeout=10"
+                )),
+            );
+            tokio::spawn(async move { c.get(url).send().await.unwrap() })
+        })
+        .collect();
+    let other_poll = {
+        let (c, url) = (
+            c.clone(),
+            s.url(&format!(
+                "/rooms/other/messages?since={ov}&epoch={oe}&timeout=2"
+            )),
+        );
+        tokio::spawn(async move { c.get(url).send().await.unwrap() })
+    };
+    let mut stream = Stream::open(&c, &s, "lobby", None).await;
+    let baseline = stream.events(2).await; // resync initial + the starting point
+    assert_eq!(baseline[0].kind, "resync");
+
+    tokio::time::sleep(Duration::from_millis(200)).await; // the polls are held
+    assert_eq!(
+        post(&c, &s, "lobby", "ann", "hello lobby").await.status(),
+        200
+    );
+
+    for p in pollers {
+        let body = json(tokio::time::timeout(STEP, p).await.unwrap().unwrap()).await;
+        assert_eq!(texts(&body), ["hello lobby"]);
+        assert_eq!(body["messages"][0]["name"], "ann");
+        assert_eq!(body["resync"], Value::Null);
+    }
+    assert_eq!(event_texts(&stream.events(1).await), ["hello lobby"]);
+    let other = tokio::time::timeout(STEP, other_poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.status(), 204, "another room's poll times out empty");
+}
+
+#[tokio::test]
+async fn a_poller_back_within_history_gets_every_missed_message_once_in_order() {
+    let s = Server::start(settings(5)).await;
+    let c = client();
+    post(&c, &s, "r", "a", "m0").await;
+    let seen = json(poll(&c, &s, "r", None, 0).await).await;
+    assert_eq!(texts(&seen), ["m0"]);
+    let (e, v) = cursor(&seen);
+    // Away while four messages go by (history 5: all kept).
+    for i in 1..=4 {
+        post(&c, &s, "r", "a", &format!("m{i}")).await;
+    }
+    let back = json(poll(&c, &s, "r", Some((&e, v)), 10).await).await;
+    assert_eq!(texts(&back), ["m1", "m2", "m3", "m4"]);
+    assert_eq!(back["resync"], Value::Null);
+    // Nothing more: the next poll with the new cursor times out.
+    let (e, v) = cursor(&back);
+    assert_eq!(poll(&c, &s, "r", Some((&e, v)), 1).await.status(), 204);
+}
+
+#[tokio::test]
+async fn a_poller_back_beyond_history_is_told_and_gets_what_the_room_kept() {
+    let s = Server::start(settings(3)).await;
+    let c = client();
+    let seen = json(poll(&c, &s, "r", None, 0).await).await;
+    let (e, v) = cursor(&seen);
+    for i in 1..=10 {
+        post(&c, &s, "r", "a", &format!("m{i}")).await;
+    }
+    let back = json(poll(&c, &s, "r", Some((&e, v)), 10).await).await;
+    assert_eq!(back["resync"]["reason"], "lagged");
+    assert_eq!(back["resync"]["skipped"], 7);
+    assert_eq!(texts(&back), ["m8", "m9", "m10"]);
+}
+
+#[tokio::test]
+async fn a_stream_reconnecting_with_last_event_id_gets_every_missed_message_once_in_order() {
+    let s = Server::start(settings(5)).await;
+    let c = client();
+    post(&c, &s, "r", "a", "m0").await;
+    let mut stream = Stream::open(&c, &s, "r", None).await;
+    let baseline = stream.events(3).await; // resync, starting point, m0
+    assert_eq!(event_texts(&baseline), ["m0"]);
+    let last_id = baseline.last().unwrap().id.clone().unwrap();
+    drop(stream); // the connection drops
+
+    for i in 1..=4 {
+        post(&c, &s, "r", "a", &format!("m{i}")).await;
+    }
+    let mut stream = Stream::open(&c, &s, "r", Some(&last_id)).await;
+    let missed = stream.events(4).await;
+    assert!(missed.iter().all(|e| e.kind == "message"), "{missed:?}");
+    assert_eq!(event_texts(&missed), ["m1", "m2", "m3", "m4"]);
+    post(&c, &s, "r", "a", "m5").await;
+    assert_eq!(event_texts(&stream.events(1).await), ["m5"]);
+
+    // Away again, from the same last id, while the room moves 20 past it:
+    // beyond the history of 5, a resync, then what the room kept.
+    drop(stream);
+    for i in 6..=20 {
+        post(&c, &s, "r", "a", &format!("m{i}")).await;
+    }
+    let mut back = Stream::open(&c, &s, "r", Some(&last_id)).await;
+    let events = back.events(6).await;
+    assert_eq!(events[0].kind, "resync");
+    let reason: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(reason["reason"], "lagged");
+    assert_eq!(reason["skipped"], 15);
+    assert_eq!(
+        event_texts(&events[1..]),
+        ["m16", "m17", "m18", "m19", "m20"]
+    );
+}
+
+#[tokio::test]
+async fn bad_rooms_bad_messages_and_markup_are_handled() {
+    let s = Server::start(settings(5)).await;
+    let c = client();
+    for room in ["Upper", "a%20b", "x!", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"] {
+        let r = poll(&c, &s, room, None, 0).await;
+        assert_eq!(r.status(), 400, "{room}");
+    }
+    assert_eq!(post(&c, &s, "r", "a", "   ").await.status(), 400);
+    let long = "x".repeat(501);
+    assert_eq!(post(&c, &s, "r", "a", &long).await.status(), 413);
+    assert_eq!(post(&c, &s, "r", &"n".repeat(33), "hi").await.status(), 400);
+    let huge = format!("text={}", "y".repeat(20_000));
+    let r = c
+        .post(s.url("/rooms/r/messages"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "body over 16 KiB");
+    let r = c
+        .post(s.url("/rooms/r/messages"))
+        .header("content-type", "application/json")
+        .body(r#"{"text":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    // Markup is a message like any other: stored and sent as text (the
+    // page writes it with textContent).
+    let xss = "<img src=x onerror=alert(1)>";
+    assert_eq!(post(&c, &s, "r", "<b>", xss).await.status(), 200);
+    let body = json(poll(&c, &s, "r", None, 0).await).await;
+    assert_eq!(texts(&body), [xss]);
+    assert_eq!(body["messages"][0]["name"], "<b>");
+    // Nothing from the rejected posts got in.
+    assert_eq!(body["version"], 1);
+}
+
+#[tokio::test]
+async fn past_the_room_limit_new_rooms_get_503_and_old_ones_work() {
+    let s = Server::start(app::Settings {
+        max_rooms: 2,
+        ..settings(5)
+    })
+    .await;
+    let c = client();
+    assert_eq!(post(&c, &s, "a", "x", "1").await.status(), 200);
+    assert_eq!(post(&c, &s, "b", "x", "1").await.status(), 200);
+    let r = post(&c, &s, "c", "x", "1").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(poll(&c, &s, "c", None, 0).await.status(), 503);
+    assert_eq!(post(&c, &s, "a", "x", "2").await.status(), 200);
+}
+
+#[tokio::test]
+async fn shutdown_answers_held_polls_with_503_and_ends_streams() {
+    let mut s = Server::start(settings(5)).await;
+    let c = client();
+    let seen = json(poll(&c, &s, "r", None, 0).await).await;
+    let (e, v) = cursor(&seen);
+    let held = {
+        let (c, url) = (
+            c.clone(),
+            s.url(&format!("/rooms/r/messages?since={v}&epoch={e}&timeout=60")),
+        );
+        tokio::spawn(async move { c.get(url).send().await.unwrap() })
+    };
+    let mut stream = Stream::open(&c, &s, "r", None).await;
+    stream.events(2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let _ = s.shutdown.take().unwrap().send(());
+    let resp = tokio::time::timeout(STEP, held)
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert!(stream.ends().await, "the event stream ends");
+    tokio::time::timeout(STEP, &mut s.task)
+        .await
+        .expect("the server stops")
+        .unwrap();
+}
