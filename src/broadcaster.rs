@@ -40,6 +40,11 @@ pub(crate) struct Inner<T> {
     history: VecDeque<Update<T>>,
     /// Waiters registered at the current `(epoch, version)`.
     pub(crate) waiters: Waiters<T>,
+    /// Bumped by every [`Broadcaster::restart`] into another epoch. Within
+    /// one era `(epoch, version)` only goes up; a restart may return to an
+    /// earlier pair (a failover to a store holding an old epoch), and the era
+    /// tells a waiter of the old sequence from one of the new.
+    pub(crate) era: u16,
     pub(crate) closed: bool,
 }
 
@@ -50,9 +55,9 @@ impl<T> Inner<T> {
 
     /// Whether the broadcaster still stands where a waiter registered: if so,
     /// the waiter's slot is still in the list.
-    pub(crate) fn holds(&self, since: Version, epoch: Option<Epoch>) -> bool {
+    pub(crate) fn holds(&self, since: Version, epoch: Option<Epoch>, era: u16) -> bool {
         let cur = self.current();
-        !self.closed && cur.version == since && Some(cur.epoch) == epoch
+        !self.closed && cur.version == since && Some(cur.epoch) == epoch && self.era == era
     }
 
     /// What a cursor gets now, or `None` if it must wait for the next change.
@@ -151,7 +156,7 @@ impl Builder {
 
     /// Keeps the last `k` updates (default 1: latest-value semantics).
     ///
-    /// A cursor at most `k - 1` versions behind the current one receives every
+    /// A cursor at most `k` versions behind the current one receives every
     /// update it missed, in order. An older one receives what is retained,
     /// flagged [`Resync::Lagged`] with the number of versions it lost.
     ///
@@ -201,6 +206,7 @@ impl Builder {
                 inner: Mutex::new(Inner {
                     history,
                     waiters: Waiters::new(),
+                    era: 0,
                     closed: false,
                 }),
                 history: self.history,
@@ -223,6 +229,7 @@ impl Builder {
                 inner: Mutex::new(Inner {
                     history,
                     waiters: Waiters::new(),
+                    era: 0,
                     closed: false,
                 }),
                 history: self.history,
@@ -399,6 +406,7 @@ impl<T> Broadcaster<T> {
             return self.publish_at_locked(inner, version, value);
         }
         let old = std::mem::take(&mut inner.history);
+        inner.era = inner.era.wrapping_add(1);
         inner.history.push_back(Update {
             epoch,
             version,
@@ -430,18 +438,23 @@ impl<T> Broadcaster<T> {
 
     /// Wakes what a publish or a close took out, outside the lock.
     ///
-    /// Wakers are woken even if a callback panics; the first panic is
-    /// resumed once everyone has been told.
+    /// Everyone is told even if a waker or a callback panics; the first
+    /// panic is resumed once everyone has been told.
     fn fan_out(&self, taken: Taken<T>, answer: impl Fn() -> Result<Changed<T>, WaitError>) {
         let Taken {
             mut wakers,
             callbacks,
         } = taken;
+        let mut panicked = None;
         if !wakers.is_empty() {
-            wake_all(&mut wakers);
+            // `wake_all` wakes the rest if one panics; the callbacks below
+            // still run, and the panic is resumed at the end.
+            if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| wake_all(&mut wakers))) {
+                panicked = Some(p);
+                wakers.clear();
+            }
             self.lock().waiters.recycle(wakers);
         }
-        let mut panicked = None;
         for cb in callbacks.into_iter().flatten() {
             let answer = answer();
             if let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || cb(answer))) {
@@ -455,6 +468,9 @@ impl<T> Broadcaster<T> {
 
     /// Closes the broadcaster: every pending waiter resolves with
     /// [`WaitError::Closed`] and every later wait fails at once.
+    ///
+    /// A future that a publish woke but that has not been polled yet also
+    /// resolves `Closed`: after a close, nothing is delivered.
     ///
     /// For graceful shutdown: a server closes its broadcasters so that held
     /// long polls are answered (`503`, `Retry-After`) instead of running out
@@ -621,14 +637,9 @@ impl<T> Broadcaster<T> {
             });
         }
         let idx = inner.waiters.insert_callback(callback);
-        let epoch = inner.current().epoch;
+        let (epoch, era) = (inner.current().epoch, inner.era);
         drop(inner);
-        Ok(Registration::pending(
-            Arc::clone(&self.shared),
-            state.since(),
-            epoch,
-            idx,
-        ))
+        Ok(state.into_registration(Arc::clone(&self.shared), epoch, era, idx))
     }
 
     /// A [`Stream`](futures_core::Stream) of answers from `cursor` on: each

@@ -70,7 +70,7 @@
 //!
 //! By default only the current value is kept: a client that is behind gets
 //! the latest state, flagged [`Resync::Lagged`] if it skipped versions. With
-//! [`Builder::history`] set to `k`, a client up to `k - 1` versions behind
+//! [`Builder::history`] set to `k`, a client up to `k` versions behind
 //! receives every update it missed, in order, in one [`Changed`]; an older
 //! one receives what is retained and the number of versions it lost. Nothing
 //! is ever dropped silently.
@@ -98,7 +98,7 @@
 //! |---------|---------|---------|
 //! | `tokio` | yes     | [`Broadcaster::wait_timeout`] and [`Keyed::sweeper`](keyed::Keyed::sweeper), on tokio's timer |
 //! | `http`  | no      | [`http`]: the long-poll endpoint on the `http` crate's types (query and `If-None-Match` parsing, `200`/`204`/`400`/`503` answers, one body encoding per version); [`sse`](crate::sse): server-sent events on the same cursor (`Last-Event-ID` resume, heartbeats, lag as a `resync` event) |
-//! | `redis` | no      | [`redis`](crate::redis): a Redis backplane, so that several server instances share one version sequence and wake each other's waiters |
+//! | `redis` | no      | [`redis`]: a Redis backplane, so that several server instances share one version sequence and wake each other's waiters |
 //!
 //! [`tokio::sync::watch`]: https://docs.rs/tokio/latest/tokio/sync/watch/index.html
 //! [`tokio::sync::broadcast`]: https://docs.rs/tokio/latest/tokio/sync/broadcast/index.html
@@ -112,12 +112,12 @@ mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod keyed;
-#[cfg(feature = "http")]
-#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub mod sse;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod sse;
 mod sync;
 mod version;
 mod wait;

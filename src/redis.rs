@@ -5,8 +5,9 @@
 //! instance B, and a client that lands on another instance must keep its
 //! cursor. This module keeps each channel's epoch, version and value in
 //! Redis and relays every change to a local [`Broadcaster`] in each
-//! instance, so waiters use the same API and the same [`Cursor`](crate::Cursor) as without
-//! a backplane, and the version a client saw on A means the same on B.
+//! instance, so waiters use the same API and the same
+//! [`Cursor`](crate::Cursor) as without a backplane, and the version a
+//! client saw on A means the same on B.
 //!
 //! # Usage
 //!
@@ -77,6 +78,27 @@
 //! usual), and publishes fail at once with an error for which
 //! [`BackplaneError::is_unavailable`] holds. Nothing panics.
 //!
+//! # Switching instances
+//!
+//! A client may poll any instance with the cursor another one gave it. One
+//! race remains: a client told of version `v` by A that polls B before B's
+//! subscription delivered `v` (typically a fraction of a millisecond) holds
+//! a cursor B has not reached. B answers at once with its current state,
+//! flagged [`Resync::Ahead`](crate::Resync::Ahead), as for any cursor from
+//! the future; the client's next poll, with that answer's cursor, is
+//! answered at once with `v`. Nothing is lost; the client sees one extra,
+//! older answer.
+//!
+//! # What it costs Redis
+//!
+//! Per instance: two connections (commands and subscription), whatever the
+//! number of channels and waiters, and a `PING` every 5 seconds. Per
+//! publish: one round trip (`EVALSHA`; inside the script `HMGET`,
+//! `HINCRBY`, `HSET`, `RPUSH` and `LTRIM` with a history, and one
+//! `PUBLISH`, delivered once to every subscribed instance). Per held long
+//! poll: nothing. Per channel opened, and again per channel after a
+//! reconnect: one `SUBSCRIBE` (all channels in one) and one `EVALSHA`.
+//!
 //! # Read, modify, publish
 //!
 //! [`Channel::publish`] replaces the value. To derive the next value from
@@ -85,11 +107,13 @@
 //!
 //! # Limits
 //!
-//! One Redis server (or a primary with replicas) is assumed, not Redis
-//! Cluster. The local waiters of an instance only hear of changes made
-//! through the backplane: do not publish on a channel's broadcaster
-//! directly. Redis must not evict the keys (`maxmemory-policy noeviction`,
-//! the default); if it does, the channel restarts under a new epoch.
+//! One Redis server, version 4.0 or later (or a primary with replicas), is
+//! assumed, not Redis Cluster. The local waiters of an instance only hear
+//! of changes made through the backplane: do not publish on a channel's
+//! broadcaster directly. An opened channel stays subscribed for as long as
+//! its backplane lives, so open a bounded set of them. Redis must not evict
+//! the keys (`maxmemory-policy noeviction`, the default); if it does, the
+//! channel restarts under a new epoch.
 
 mod codec;
 mod error;
@@ -112,6 +136,8 @@ use error::Kind;
 
 use crate::{Broadcaster, Epoch, Update, Version};
 
+#[doc(hidden)]
+pub static DEBUG_DISPATCH: Mutex<Option<std::time::Instant>> = Mutex::new(None);
 const SYNC_LUA: &str = include_str!("redis/sync.lua");
 const MODIFY_LUA: &str = include_str!("redis/modify.lua");
 
@@ -177,16 +203,17 @@ struct Config {
 /// Configures a [`Backplane`]: key prefix, timeouts, reconnect backoff.
 ///
 /// ```no_run
-/// # async fn f() -> Result<(), longpoll::redis::BackplaneError> {
 /// use longpoll::redis::Backplane;
 /// use std::time::Duration;
 ///
+/// # #[tokio::main] async fn main() -> Result<(), longpoll::redis::BackplaneError> {
 /// let backplane = Backplane::builder("redis://127.0.0.1:6379/")
 ///     .prefix("shop:")
 ///     .command_timeout(Duration::from_millis(500))
 ///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(5))
 ///     .connect()
 ///     .await?;
+/// assert_eq!(backplane.prefix(), "shop:");
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -381,7 +408,7 @@ impl ChannelBuilder<'_> {
     /// broadcaster (default 1: latest-value semantics; see
     /// [`Builder::history`](crate::Builder::history)).
     ///
-    /// With `k > 1`, a client up to `k - 1` versions behind receives every
+    /// With `k > 1`, a client up to `k` versions behind receives every
     /// update it missed, and an instance that lost its subscription relays
     /// every update it missed meanwhile (up to `k`), in order. Each publish
     /// then also appends to and trims a list in Redis.
@@ -565,8 +592,7 @@ impl<T: Codec + Send + Sync + 'static> Channel<T> {
     /// One script in Redis bumps the version, stores the value, trims the
     /// history and publishes the update. When this returns, this
     /// instance's waiters have been woken; other instances' are woken as
-    /// their subscription delivers the update (well under a millisecond
-    /// later on a local network).
+    /// their subscription delivers the update, one Redis hop later.
     ///
     /// # Errors
     ///
@@ -637,7 +663,7 @@ impl<T: Codec + Send + Sync + 'static> Channel<T> {
 /// ```no_run
 /// use longpoll::redis::{Backplane, ModifyScript};
 ///
-/// # async fn f() -> Result<(), longpoll::redis::BackplaneError> {
+/// # #[tokio::main] async fn main() -> Result<(), longpoll::redis::BackplaneError> {
 /// // Take `ARGV[1]` units, unless fewer are left.
 /// let take = ModifyScript::new(r#"
 ///     local left = tonumber(value) - tonumber(ARGV[1])
@@ -1042,6 +1068,7 @@ impl Core {
 
     /// Relays one Pub/Sub message to its channel.
     fn dispatch(&self, msg: &Msg) {
+        *DEBUG_DISPATCH.lock() = Some(std::time::Instant::now());
         let relay = self.channels.read().get(msg.get_channel_name()).cloned();
         let Some(relay) = relay else { return };
         let payload = msg.get_payload_bytes();
@@ -1104,6 +1131,9 @@ async fn run(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubStream)>) {
 
         core.connected.store(false, Ordering::Release);
         *core.subscription.lock().await = None;
+        // If Redis restarted, the command connection is dead too: open a
+        // new one for the next command rather than fail it on the old one.
+        core.command.lock().take();
         core.reconnects.fetch_add(1, Ordering::Relaxed);
         // Come back soon, but not all instances in the same instant.
         tokio::time::sleep(jitter(core.config.backoff_min)).await;

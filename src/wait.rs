@@ -28,6 +28,8 @@ pub(crate) struct WaitState {
     /// `None` until registration for a cursor that named no epoch.
     epoch: Option<Epoch>,
     idx: u32,
+    /// The broadcaster's era at registration (see `Inner::era`).
+    era: u16,
     phase: Phase,
 }
 
@@ -48,6 +50,7 @@ impl WaitState {
             since,
             epoch,
             idx: 0,
+            era: 0,
             phase: Phase::Init,
         }
     }
@@ -57,6 +60,7 @@ impl WaitState {
             since: changed.version(),
             epoch: Some(changed.epoch()),
             idx: 0,
+            era: 0,
             phase: Phase::Init,
         }
     }
@@ -67,6 +71,24 @@ impl WaitState {
 
     pub(crate) fn epoch(&self) -> Option<Epoch> {
         self.epoch
+    }
+
+    /// A `Registration` for a callback registered at this cursor in `inner`.
+    pub(crate) fn into_registration<T>(
+        self,
+        shared: Arc<Shared<T>>,
+        epoch: Epoch,
+        era: u16,
+        idx: u32,
+    ) -> Registration<T> {
+        Registration {
+            shared,
+            since: self.since,
+            epoch: Some(epoch),
+            idx,
+            era,
+            pending: true,
+        }
     }
 
     fn finish<R>(
@@ -82,49 +104,57 @@ impl WaitState {
         shared: &Shared<T>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Changed<T>, WaitError>> {
-        match self.phase {
-            Phase::Done => panic!("{}", POLLED_AFTER_DONE),
-            Phase::Init => {
-                // Clone before locking: a waker's clone may run arbitrary code.
-                let waker = cx.waker().clone();
-                // Register, then check, under one lock: a publish either
-                // happened before (and the check sees it) or will take our
-                // slot (and wake us).
-                let mut inner = shared.inner.lock();
-                if inner.closed {
-                    drop(inner);
-                    return self.finish(Err(WaitError::Closed));
-                }
-                if let Some(answer) = inner.answer(self.since, self.epoch) {
-                    drop(inner);
-                    return self.finish(Ok(answer));
-                }
-                if inner.waiters.len() >= shared.max_waiters {
-                    drop(inner);
-                    return self.finish(Err(WaitError::Full {
-                        limit: shared.max_waiters,
-                    }));
-                }
-                self.idx = inner.waiters.insert_waker(waker);
-                self.epoch = Some(inner.current().epoch);
-                self.phase = Phase::Registered;
-                Poll::Pending
-            }
-            Phase::Registered => {
-                let mut fresh = None;
-                loop {
+        let mut fresh = None;
+        loop {
+            match self.phase {
+                Phase::Done => panic!("{}", POLLED_AFTER_DONE),
+                Phase::Init => {
+                    // Clone before locking: a waker's clone may run arbitrary code.
+                    let waker = fresh.take().unwrap_or_else(|| cx.waker().clone());
+                    // Register, then check, under one lock: a publish either
+                    // happened before (and the check sees it) or will take our
+                    // slot (and wake us).
                     let mut inner = shared.inner.lock();
                     if inner.closed {
                         drop(inner);
                         return self.finish(Err(WaitError::Closed));
                     }
-                    if !inner.holds(self.since, self.epoch) {
-                        // A publish took our slot: the answer is ready.
-                        let answer = inner
-                            .answer(self.since, self.epoch)
-                            .expect("the broadcaster moved on");
+                    if let Some(answer) = inner.answer(self.since, self.epoch) {
                         drop(inner);
                         return self.finish(Ok(answer));
+                    }
+                    if inner.waiters.len() >= shared.max_waiters {
+                        drop(inner);
+                        return self.finish(Err(WaitError::Full {
+                            limit: shared.max_waiters,
+                        }));
+                    }
+                    self.idx = inner.waiters.insert_waker(waker);
+                    self.epoch = Some(inner.current().epoch);
+                    self.era = inner.era;
+                    self.phase = Phase::Registered;
+                    return Poll::Pending;
+                }
+                Phase::Registered => {
+                    let mut inner = shared.inner.lock();
+                    if inner.closed {
+                        drop(inner);
+                        return self.finish(Err(WaitError::Closed));
+                    }
+                    if !inner.holds(self.since, self.epoch, self.era) {
+                        // A publish took our slot: the answer is ready, unless
+                        // restarts brought the sequence back to our very
+                        // cursor, in which case we wait again.
+                        match inner.answer(self.since, self.epoch) {
+                            Some(answer) => {
+                                drop(inner);
+                                return self.finish(Ok(answer));
+                            }
+                            None => {
+                                self.phase = Phase::Init;
+                                continue;
+                            }
+                        }
                     }
                     let slot = inner
                         .waiters
@@ -153,7 +183,7 @@ impl WaitState {
         if self.phase == Phase::Registered {
             self.phase = Phase::Done;
             let mut inner = shared.inner.lock();
-            let waker = if inner.holds(self.since, self.epoch) {
+            let waker = if inner.holds(self.since, self.epoch, self.era) {
                 inner.waiters.remove_waker(self.idx)
             } else {
                 None
@@ -343,6 +373,7 @@ pub struct Registration<T> {
     since: Version,
     epoch: Option<Epoch>,
     idx: u32,
+    era: u16,
     pending: bool,
 }
 
@@ -353,17 +384,8 @@ impl<T> Registration<T> {
             since: Version::ZERO,
             epoch: None,
             idx: 0,
+            era: 0,
             pending: false,
-        }
-    }
-
-    pub(crate) fn pending(shared: Arc<Shared<T>>, since: Version, epoch: Epoch, idx: u32) -> Self {
-        Registration {
-            shared,
-            since,
-            epoch: Some(epoch),
-            idx,
-            pending: true,
         }
     }
 
@@ -385,7 +407,7 @@ impl<T> Registration<T> {
             return false;
         }
         let mut inner = self.shared.inner.lock();
-        let cb = if inner.holds(self.since, self.epoch) {
+        let cb = if inner.holds(self.since, self.epoch, self.era) {
             inner.waiters.remove_callback(self.idx)
         } else {
             None

@@ -3,11 +3,12 @@
 //!
 //! Every publish takes both slabs out whole (an O(1) swap under the lock) and
 //! wakes them after the lock is released. A pending waiter therefore lives in
-//! the slab of the `(epoch, version)` it registered at: if the broadcaster
-//! still stands at that pair, its slot is where it left it; if not, a publish
-//! (or a close) already took it. That is all a cancelled future needs to
-//! unregister in O(1), with no per-waiter generation counter and no ABA:
-//! versions only go up, and a restart changes the epoch.
+//! the slab of the `(epoch, version, era)` it registered at: if the
+//! broadcaster still stands there, its slot is where it left it; if not, a
+//! publish (or a close) already took it. That is all a cancelled future needs
+//! to unregister in O(1), with no ABA: within an era versions only go up, and
+//! a restart into another epoch starts a new era, so a restart that returns
+//! to an earlier `(epoch, version)` is still told apart.
 
 use std::task::Waker;
 

@@ -429,3 +429,53 @@ fn answer_shares_the_published_value_instead_of_cloning_it() {
 fn history_zero_is_refused() {
     let _ = Broadcaster::builder().history(0);
 }
+
+/// `restart` may bring the sequence back to an earlier `(epoch, version)`
+/// pair (a failover to a store that still holds the old epoch). A waiter of
+/// the first era must neither panic nor be mistaken for one of the last.
+#[test]
+fn restart_back_to_an_earlier_epoch_and_version_keeps_old_and_new_waiters_apart() {
+    let a = Epoch::new(0xa).unwrap();
+    let b_epoch = Epoch::new(0xb).unwrap();
+    let b = Broadcaster::builder().epoch(a).build(0u32);
+
+    // An old waiter registers at (a, 0) and is dropped after the round trip.
+    let mut old = spawn(b.wait(Cursor::at(Version::ZERO).with_epoch(a)));
+    assert_pending!(old.poll());
+    b.restart(b_epoch, Version::ZERO, 1).unwrap();
+    b.restart(a, Version::ZERO, 2).unwrap();
+    assert!(old.is_woken());
+
+    // A new waiter registers at the same (a, 0), in the old one's slot.
+    let mut new = spawn(b.wait(Cursor::at(Version::ZERO).with_epoch(a)));
+    assert_pending!(new.poll());
+    drop(old);
+    assert_eq!(
+        b.waiter_count(),
+        1,
+        "the old waiter's drop removed the new one"
+    );
+    b.notify(3).unwrap();
+    assert!(new.is_woken());
+    let changed = assert_ready!(new.poll()).unwrap();
+    assert_eq!(**changed.value(), 3);
+}
+
+/// An old waiter polled after the round trip is back at its own cursor: it
+/// waits again (registered anew) rather than panicking, and sees the next
+/// change.
+#[test]
+fn waiter_polled_after_restarts_return_to_its_cursor_waits_again() {
+    let a = Epoch::new(0xa).unwrap();
+    let b = Broadcaster::builder().epoch(a).build(0u32);
+    let mut old = spawn(b.wait(Cursor::at(Version::ZERO).with_epoch(a)));
+    assert_pending!(old.poll());
+    b.restart(Epoch::new(0xb).unwrap(), Version::ZERO, 1)
+        .unwrap();
+    b.restart(a, Version::ZERO, 2).unwrap();
+    assert_pending!(old.poll());
+    assert_eq!(b.waiter_count(), 1);
+    b.notify(3).unwrap();
+    let changed = assert_ready!(old.poll()).unwrap();
+    assert_eq!((changed.version(), **changed.value()), (Version::new(1), 3));
+}

@@ -12,13 +12,22 @@ use super::DecodeError;
 /// the [`source`](StdError::source) chain (often a `redis::RedisError`) are
 /// for logs, not for matching, and may change between releases.
 ///
-/// ```
-/// # async fn publish(channel: &longpoll::redis::Channel<u32>) -> u16 {
-/// match channel.publish(7).await {
-///     Ok(_) => 200,
-///     Err(e) if e.is_unavailable() => 503, // with Retry-After
-///     Err(_) => 500,
+/// ```no_run
+/// use longpoll::redis::Channel;
+///
+/// /// The status of an HTTP answer to a change.
+/// async fn change(channel: &Channel<u32>, value: u32) -> u16 {
+///     match channel.publish(value).await {
+///         Ok(_) => 200,
+///         Err(e) if e.is_unavailable() => 503, // with Retry-After
+///         Err(e) if e.is_closed() => 503,      // shutting down
+///         Err(_) => 500,
+///     }
 /// }
+/// # #[tokio::main] async fn main() {
+/// # let backplane = longpoll::redis::Backplane::connect("redis://127.0.0.1/").await.unwrap();
+/// # let channel = backplane.channel("c", 0u32).await.unwrap();
+/// # assert_eq!(change(&channel, 1).await, 200);
 /// # }
 /// ```
 pub struct BackplaneError {
