@@ -14,8 +14,8 @@
 //!   (a sweep dropped its broadcaster: the lookup builds a new one), and
 //!   `wait_many` over 16 keys, registered and dropped.
 //!
-//! After the criterion output, a line gives `hub_notify` / `held_handles`.
-//! Memory per idle key is measured by `examples/key_memory.rs`.
+//! The hub's cost is the ratio `hub_notify` / `held_handles`. Memory per
+//! idle key is measured by `examples/key_memory.rs`.
 //!
 //! ```text
 //! cargo bench --bench keyed
@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
 use longpoll::keyed::{KeyWait, Keyed};
@@ -71,59 +71,44 @@ fn register(hub: &Keyed<u64, u64>, waker: &Waker) -> Vec<KeyWait<u64>> {
     waits
 }
 
-fn publish(c: &mut Criterion) -> (Duration, Duration) {
+fn publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("keyed_publish");
     group.sample_size(10);
     let hub = hub();
     let handles: Vec<Broadcaster<u64>> = (0..KEYS).map(|k| hub.broadcaster(&k).unwrap()).collect();
     let counter = Arc::new(Counter(AtomicUsize::new(0)));
     let waker = Waker::from(Arc::clone(&counter));
-    let mut medians = (Duration::ZERO, Duration::ZERO);
 
-    let mut times = Vec::new();
     group.bench_function("hub_notify/10000x10", |b| {
         b.iter_batched(
             || register(&hub, &waker),
             |waits| {
-                let start = Instant::now();
                 for k in 0..KEYS {
                     black_box(hub.notify(&k, k).unwrap());
                 }
-                times.push(start.elapsed());
                 waits
             },
             BatchSize::PerIteration,
         );
     });
-    medians.0 = median(&mut times);
 
-    let mut times = Vec::new();
     group.bench_function("held_handles/10000x10", |b| {
         b.iter_batched(
             || register(&hub, &waker),
             |waits| {
-                let start = Instant::now();
                 for (k, h) in (0..KEYS).zip(&handles) {
                     black_box(h.notify(k).unwrap());
                 }
-                times.push(start.elapsed());
                 waits
             },
             BatchSize::PerIteration,
         );
     });
-    medians.1 = median(&mut times);
     group.finish();
     assert!(
         counter.0.load(Ordering::Relaxed) > 0,
         "the waiters were woken"
     );
-    medians
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort();
-    times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
 fn lookup(c: &mut Criterion) {
@@ -142,7 +127,8 @@ fn lookup(c: &mut Criterion) {
                 hub.sweep(); // parks key 2
             },
             |()| black_box(hub.broadcaster(black_box(&2)).unwrap()),
-            BatchSize::SmallInput,
+            // One sweep before each lookup: every lookup finds the key parked.
+            BatchSize::PerIteration,
         );
     });
 
@@ -160,15 +146,5 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
-fn main() {
-    let mut c = Criterion::default().configure_from_args();
-    let (hub_notify, held) = publish(&mut c);
-    lookup(&mut c);
-    c.final_summary();
-    if !held.is_zero() {
-        println!(
-            "keyed_publish median per round: hub_notify {hub_notify:?}, held_handles {held:?}, ratio {:.2}",
-            hub_notify.as_secs_f64() / held.as_secs_f64()
-        );
-    }
-}
+criterion::criterion_group!(benches, publish, lookup);
+criterion::criterion_main!(benches);

@@ -439,6 +439,8 @@ struct Run<'a> {
     target: u64,
     session: &'a str,
     cpu: CpuClock,
+    /// The server's `VmRSS` before our polls connected.
+    rss_before: Option<u64>,
 }
 
 async fn run_mode(name: &str, run: &Run<'_>, control: &mut Conn, add: &mut bool) -> Result<()> {
@@ -449,6 +451,7 @@ async fn run_mode(name: &str, run: &Run<'_>, control: &mut Conn, add: &mut bool)
         target,
         session,
         ref cpu,
+        rss_before,
     } = *run;
     println!(
         "\nmode {name}: {} rounds of one change to {} held polls",
@@ -498,6 +501,18 @@ async fn run_mode(name: &str, run: &Run<'_>, control: &mut Conn, add: &mut bool)
         all.extend(lat);
         if shared.deferred.load(Ordering::Acquire) {
             shared.go.send_modify(|r| *r += 1);
+        }
+    }
+    // Memory once every poll is held again, after answers and re-polls
+    // went over each connection (buffers grown for writing stay).
+    until_held(control, host, target, shared).await?;
+    if let (Some(pid), Some(before)) = (args.pid, rss_before) {
+        if let Some(after) = rss_of(pid) {
+            println!(
+                "server VmRSS after {name} rounds, all polls held again: {:.1} MiB, {:.0} bytes per held poll",
+                after as f64 / 1048576.0,
+                after.saturating_sub(before) as f64 / args.polls as f64
+            );
         }
     }
     all.sort_unstable();
@@ -636,6 +651,7 @@ async fn run(args: Args) -> Result<()> {
         cpu: CpuClock {
             server: args.pid.map(|p| p.to_string()),
         },
+        rss_before: rss0,
     };
     if matches!(args.mode, Mode::Immediate | Mode::Both) {
         run_mode("immediate", &run, &mut control, &mut add).await?;

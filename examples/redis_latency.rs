@@ -4,7 +4,8 @@
 //!
 //! ```sh
 //! cargo run --release --features redis --example redis_latency -- \
-//!     [--redis redis://127.0.0.1:6379/] [--rounds 1000] [--waiters 10000] [--fanout-rounds 50]
+//!     [--redis redis://127.0.0.1:6379/] [--rounds 1000] [--waiters 10000] \
+//!     [--fanout-rounds 50] [--workers 2]
 //! ```
 //!
 //! Two backplanes in one process stand for two instances: each has its own
@@ -13,7 +14,9 @@
 //! in the same process, so the figures can be read as ratios:
 //!
 //! * `redis PUBLISH -> SUBSCRIBE`: the floor, redis-rs alone, one
-//!   `PUBLISH` on one connection received on another;
+//!   `PUBLISH` on one connection received on another. Its rounds alternate
+//!   with the backplane's, so both see the same load on the machine and on
+//!   Redis;
 //! * `in-process notify -> wait`: a plain `Broadcaster`, no Redis.
 //!
 //! Keys go under a prefix of their own and are deleted at the end.
@@ -41,13 +44,15 @@ struct Args {
     /// Rounds of the fan-out.
     #[arg(long, default_value_t = 50)]
     fanout_rounds: usize,
+    /// Worker threads of the tokio runtime both instances share.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
 }
 
 fn main() {
     let args = Args::parse();
-    // Two workers: the machine of the figures in the README has two cores.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.workers)
         .enable_all()
         .build()
         .expect("a tokio runtime");
@@ -63,12 +68,11 @@ async fn run(args: Args) {
         "one waiter, {} rounds (microseconds)     p50      p99    p99.9      max",
         args.rounds
     );
-    let floor = raw_pubsub(&args.redis, &prefix, args.rounds).await;
-    report("redis PUBLISH -> SUBSCRIBE", &floor);
-    report("in-process notify -> wait", &local_one(args.rounds).await);
     let on_a: Channel<u64> = a.channel("one", 0).await.expect("channel");
     let on_b: Channel<u64> = b.channel("one", 0).await.expect("channel");
-    let cross = cross_one(&on_a, &on_b, args.rounds).await;
+    let (floor, cross) = one_waiter(&args.redis, &prefix, &on_a, &on_b, args.rounds).await;
+    report("redis PUBLISH -> SUBSCRIBE", &floor);
+    report("in-process notify -> wait", &local_one(args.rounds).await);
     report("backplane publish A -> waiter B", &cross);
     println!(
         "  p50 / floor p50: {:.2}x, p99 / floor p99: {:.2}x",
@@ -104,14 +108,24 @@ async fn connect(url: &str, prefix: &str) -> Backplane {
     }
 }
 
-/// The floor: `PUBLISH` on one connection, received on a subscription.
-async fn raw_pubsub(url: &str, prefix: &str, rounds: usize) -> Vec<Duration> {
+/// The floor and the backplane, round by round in turn, so that both see
+/// the same machine and the same Redis: the floor is a `PUBLISH` on one
+/// connection received on a subscription (redis-rs alone); the backplane
+/// round is a publish on A until B's waiter wakes.
+async fn one_waiter(
+    url: &str,
+    prefix: &str,
+    on_a: &Channel<u64>,
+    on_b: &Channel<u64>,
+    rounds: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
     let client = redis::Client::open(url).expect("valid url");
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let (mut sink, mut stream) = client.get_async_pubsub().await.unwrap().split();
     let channel = format!("{prefix}raw");
     sink.subscribe(&channel).await.unwrap();
-    let mut out = Vec::with_capacity(rounds);
+    let mut woke = waiter(on_b.broadcaster().clone(), rounds);
+    let (mut floor, mut cross) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for i in 0..rounds {
         let start = Instant::now();
         let _: i64 = redis::cmd("PUBLISH")
@@ -121,9 +135,14 @@ async fn raw_pubsub(url: &str, prefix: &str, rounds: usize) -> Vec<Duration> {
             .await
             .unwrap();
         stream.next().await.expect("the message");
-        out.push(start.elapsed());
+        floor.push(start.elapsed());
+
+        until_waiting(on_b.broadcaster(), 1).await;
+        let start = Instant::now();
+        on_a.publish(i as u64).await.expect("publish");
+        cross.push(woke.recv().await.unwrap() - start);
     }
-    out
+    (floor, cross)
 }
 
 /// A waiter task on `broadcaster`, reporting when it woke, again and again.
@@ -143,12 +162,13 @@ fn waiter<T: Send + Sync + 'static>(
     rx
 }
 
-/// Waits (bounded) until `b` holds `n` waiters.
+/// Waits (bounded) until `b` holds `n` waiters. Sleeps rather than spins:
+/// on a small machine a spinning thread takes the core the waiters need.
 async fn until_waiting<T>(b: &Broadcaster<T>, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while b.waiter_count() < n {
         assert!(Instant::now() < deadline, "waiters did not register");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -160,18 +180,6 @@ async fn local_one(rounds: usize) -> Vec<Duration> {
         until_waiting(&b, 1).await;
         let start = Instant::now();
         b.notify(i as u64).unwrap();
-        out.push(woke.recv().await.unwrap() - start);
-    }
-    out
-}
-
-async fn cross_one(on_a: &Channel<u64>, on_b: &Channel<u64>, rounds: usize) -> Vec<Duration> {
-    let mut woke = waiter(on_b.broadcaster().clone(), rounds);
-    let mut out = Vec::with_capacity(rounds);
-    for i in 0..rounds {
-        until_waiting(on_b.broadcaster(), 1).await;
-        let start = Instant::now();
-        on_a.publish(i as u64).await.expect("publish");
         out.push(woke.recv().await.unwrap() - start);
     }
     out

@@ -113,7 +113,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 // tokio's clock when there is one, so that a paused test clock drives both
@@ -361,7 +361,7 @@ pub struct Keyed<K, T> {
 }
 
 struct Hub<K, T> {
-    shards: Box<[Mutex<HashMap<K, Entry<T>>>]>,
+    shards: Box<[Shard<K, T>]>,
     /// `shards.len() - 1`; the length is a power of two.
     mask: usize,
     /// Picks the shard. Each shard's map hashes again with its own state.
@@ -380,6 +380,9 @@ struct Hub<K, T> {
     configure: Configure<K>,
     init: Init<K, T>,
 }
+
+/// One lock's share of the keys.
+type Shard<K, T> = Mutex<HashMap<K, Entry<T>>>;
 
 /// One key's slot, and when it was last known to be in use.
 struct Entry<T> {
@@ -431,7 +434,7 @@ impl<K, T> Hub<K, T> {
         }
     }
 
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<HashMap<K, Entry<T>>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Shard<K, T> {
         // The top bits: the low ones also pick the bucket inside the shard.
         let h = self.hasher.hash_one(key);
         &self.shards[(h >> 32) as usize & self.mask]
@@ -899,7 +902,7 @@ where
     ///
     /// When polled outside a tokio runtime with timers enabled.
     pub fn sweeper(&self, period: Duration) -> impl Future<Output = ()> + Send + 'static {
-        let hub: Weak<Hub<K, T>> = Arc::downgrade(&self.shared);
+        let hub: std::sync::Weak<Hub<K, T>> = Arc::downgrade(&self.shared);
         async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

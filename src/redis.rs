@@ -136,8 +136,6 @@ use error::Kind;
 
 use crate::{Broadcaster, Epoch, Update, Version};
 
-#[doc(hidden)]
-pub static DEBUG_DISPATCH: Mutex<Option<std::time::Instant>> = Mutex::new(None);
 const SYNC_LUA: &str = include_str!("redis/sync.lua");
 const MODIFY_LUA: &str = include_str!("redis/modify.lua");
 
@@ -1068,7 +1066,6 @@ impl Core {
 
     /// Relays one Pub/Sub message to its channel.
     fn dispatch(&self, msg: &Msg) {
-        *DEBUG_DISPATCH.lock() = Some(std::time::Instant::now());
         let relay = self.channels.read().get(msg.get_channel_name()).cloned();
         let Some(relay) = relay else { return };
         let payload = msg.get_payload_bytes();

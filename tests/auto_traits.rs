@@ -12,7 +12,6 @@ use futures::StreamExt;
 use longpoll::{
     Broadcaster, Builder, Changed, ClosedError, Cursor, Epoch, ParseEpochError, ParseVersionError,
     PublishError, Registration, Resync, Update, UpdateStream, Version, Wait, WaitError,
-    WaitTimeout,
 };
 
 fn send<T: Send>() {}
@@ -48,8 +47,6 @@ fn every_public_type_is_send_and_sync_when_t_is() {
     sync::<Builder>();
     send::<Wait<'static, u32>>();
     sync::<Wait<'static, u32>>();
-    send::<WaitTimeout<'static, u32>>();
-    sync::<WaitTimeout<'static, u32>>();
     send::<UpdateStream<u32>>();
     sync::<UpdateStream<u32>>();
     send::<Registration<u32>>();
@@ -100,12 +97,11 @@ fn handles_and_answers_are_clone_and_cursor_parts_are_copy() {
 struct NotClone;
 
 assert_not_impl!(Wait<'static, u32>: Clone);
-assert_not_impl!(WaitTimeout<'static, u32>: Clone);
 assert_not_impl!(UpdateStream<u32>: Clone);
 assert_not_impl!(Registration<u32>: Clone);
 
 #[test]
-fn futures_streams_and_handles_are_unpin_except_wait_timeout() {
+fn futures_streams_and_handles_are_unpin() {
     unpin::<Broadcaster<std::marker::PhantomPinned>>();
     unpin::<Wait<'static, std::marker::PhantomPinned>>();
     unpin::<UpdateStream<std::marker::PhantomPinned>>();
@@ -114,15 +110,11 @@ fn futures_streams_and_handles_are_unpin_except_wait_timeout() {
     unpin::<Update<std::marker::PhantomPinned>>();
 }
 
-// It holds a tokio `Sleep`: pin it (`std::pin::pin!`) to poll it by hand.
-assert_not_impl!(WaitTimeout<'static, u32>: Unpin);
-
 #[test]
 fn every_public_type_is_debug() {
     debug::<Broadcaster<NotClone>>();
     debug::<Builder>();
     debug::<Wait<'static, NotClone>>();
-    debug::<WaitTimeout<'static, NotClone>>();
     debug::<UpdateStream<NotClone>>();
     debug::<Registration<NotClone>>();
     debug::<Changed<u32>>();
@@ -152,14 +144,6 @@ fn async_blocks_awaiting_waits_and_streams_can_be_spawned_on_a_multi_thread_runt
         async move { b.wait(Cursor::NEXT).await.map(|c| c.version()) }
     });
     spawnable({
-        let b = b.clone();
-        async move {
-            b.wait_timeout(Cursor::NEXT, std::time::Duration::from_secs(1))
-                .await
-                .map(|c| c.version())
-        }
-    });
-    spawnable({
         let mut stream = b.stream(Cursor::NEXT);
         async move { stream.next().await.map(|r| r.map(|c| c.version())) }
     });
@@ -187,4 +171,29 @@ fn broadcaster_of_a_non_send_value_still_works_on_one_thread() {
     b.notify(Rc::new(2)).unwrap();
     let changed = futures::executor::block_on(b.wait(Version::ZERO)).unwrap();
     assert_eq!(**changed.value(), Rc::new(2));
+}
+
+/// `WaitTimeout` comes with the `tokio` feature (on by default).
+#[cfg(feature = "tokio")]
+mod wait_timeout {
+    use super::*;
+    use longpoll::WaitTimeout;
+
+    #[test]
+    fn wait_timeout_is_send_sync_and_debug_and_spawnable() {
+        send::<WaitTimeout<'static, u32>>();
+        sync::<WaitTimeout<'static, u32>>();
+        debug::<WaitTimeout<'static, NotClone>>();
+        let b = Broadcaster::new(0u32);
+        spawnable(async move {
+            b.wait_timeout(Cursor::NEXT, std::time::Duration::from_secs(1))
+                .await
+                .map(|c| c.version())
+        });
+    }
+
+    assert_not_impl!(WaitTimeout<'static, u32>: Clone);
+    // It holds a tokio `Sleep`: pin it (`std::pin::pin!`) to poll it by hand.
+    assert_not_impl!(WaitTimeout<'static, u32>: Unpin);
+    assert_not_impl!(WaitTimeout<'static, Rc<u32>>: Send);
 }

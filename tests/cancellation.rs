@@ -1,7 +1,8 @@
 //! Cancellation: a pending wait, stream or registration that is dropped
 //! leaves the list at once, a dropped wait consumes nothing, a wait polled
 //! from another task wakes that task, and a million register-then-drop cycles
-//! leave both the count and the memory flat.
+//! leave both the count and the memory flat (`LONGPOLL_CANCEL_CYCLES` sets
+//! another number of cycles for a manual run).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -384,12 +385,13 @@ fn cycles() -> usize {
         .unwrap_or(1_000_000)
 }
 
-/// Net bytes allocated by `f`. Run it once before measuring so that lazily
-/// grown buffers (the slab's first slot, the spare vector) are in place.
-fn net_allocated(mut f: impl FnMut()) -> isize {
-    f();
+/// Net bytes allocated by `f(rounds)`. A short `f(10)` runs first so that
+/// lazily grown buffers (the slab's first slots, the spare vector) are in
+/// place before measuring.
+fn net_allocated(rounds: usize, mut f: impl FnMut(usize)) -> isize {
+    f(10);
     let before = ALLOCATOR.allocated() as isize;
-    f();
+    f(rounds);
     ALLOCATOR.allocated() as isize - before
 }
 
@@ -398,8 +400,8 @@ fn million_register_then_drop_cycles_keep_waiter_count_zero_and_memory_flat() {
     let _turn = one_at_a_time();
     let b = Broadcaster::new(0u32);
     let n = cycles();
-    let growth = net_allocated(|| {
-        for _ in 0..n {
+    let growth = net_allocated(n, |rounds| {
+        for _ in 0..rounds {
             let reg = b.register(Cursor::NEXT, |_| {}).unwrap();
             assert_eq!(b.waiter_count(), 1);
             drop(reg);
@@ -420,8 +422,8 @@ fn million_wait_poll_then_drop_cycles_keep_waiter_count_zero_and_memory_flat() {
     let b = Broadcaster::new(0u32);
     let waker = Waker::from(Arc::new(CountingWaker::default()));
     let n = cycles();
-    let growth = net_allocated(|| {
-        for _ in 0..n {
+    let growth = net_allocated(n, |rounds| {
+        for _ in 0..rounds {
             let mut wait = b.wait(Cursor::NEXT);
             assert!(poll_with(&mut wait, &waker).is_pending());
             assert_eq!(b.waiter_count(), 1);
@@ -440,8 +442,8 @@ fn many_register_then_notify_rounds_keep_memory_flat() {
     let _turn = one_at_a_time();
     let b = Broadcaster::new(0u32);
     let waker = Waker::from(Arc::new(CountingWaker::default()));
-    let growth = net_allocated(|| {
-        for _ in 0..1000 {
+    let growth = net_allocated(1000, |rounds| {
+        for _ in 0..rounds {
             let mut waits: Vec<_> = (0..100).map(|_| b.wait(Cursor::NEXT)).collect();
             for w in &mut waits {
                 assert!(poll_with(w, &waker).is_pending());

@@ -224,6 +224,7 @@ fn a_closed_key_refuses_publishes_until_it_is_swept() {
     assert_eq!(hub.notify("a", 1).unwrap(), Version::new(1));
 }
 
+#[cfg(feature = "tokio")]
 #[tokio::test(start_paused = true)]
 async fn sweeper_task_removes_idle_keys_and_ends_with_the_hub() {
     let hub = hub(100, Duration::from_secs(10));

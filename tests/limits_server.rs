@@ -32,7 +32,9 @@ struct Server {
 async fn start(flags: &[&str]) -> Server {
     use clap::Parser;
     let args = common::shopping_cart::Args::try_parse_from(
-        ["shopping_cart", "--addr", "127.0.0.1:0"].iter().chain(flags),
+        ["shopping_cart", "--addr", "127.0.0.1:0"]
+            .iter()
+            .chain(flags),
     )
     .expect("valid flags");
     let listener = tokio::net::TcpListener::bind(args.addr).await.unwrap();
@@ -108,7 +110,10 @@ async fn connections_beyond_max_connections_get_503_and_close_while_held_ones_ke
         assert_eq!(r.status, 503);
         assert_eq!(r.header("retry-after"), Some("5"));
         assert_eq!(r.header("connection"), Some("close"));
-        assert!(r.json_str("error").unwrap().contains("too many connections"));
+        assert!(r
+            .json_str("error")
+            .unwrap()
+            .contains("too many connections"));
         assert_eq!(extra.ending(HANG_GUARD).await, Ending::Closed);
     }
 
@@ -140,7 +145,10 @@ async fn connections_beyond_max_connections_get_503_and_close_while_held_ones_ke
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(admitted, "the closed connection's place was never given back");
+    assert!(
+        admitted,
+        "the closed connection's place was never given back"
+    );
 }
 
 #[tokio::test]

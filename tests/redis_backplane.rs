@@ -464,3 +464,103 @@ async fn nothing_listening_is_an_unavailable_error() {
     let err = Backplane::connect("http://not-redis/").await.unwrap_err();
     assert!(err.is_config(), "{err:?}");
 }
+
+/// Publishes dropped at random points (before sending, in flight, while
+/// settling) leave both instances at Redis's version, in step, with no
+/// version seen twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_publishes_leave_both_instances_in_step() {
+    let Some(url) = shared_redis("cancelled_publishes_leave_both_instances_in_step") else {
+        return;
+    };
+    let prefix = unique_prefix("cancel");
+    let (a, b) = two_instances(&url, &prefix).await;
+    let on_a: Channel<u64> = a.channel_builder("n").history(256).open(0).await.unwrap();
+    let on_b: Channel<u64> = b.channel_builder("n").history(256).open(0).await.unwrap();
+    let watch = |ch: Channel<u64>| {
+        tokio::spawn(async move {
+            let mut cursor = ch.current().cursor();
+            let mut seen: Vec<u64> = Vec::new();
+            loop {
+                let Ok(changed) = ch
+                    .broadcaster()
+                    .wait_timeout(cursor, Duration::from_millis(500))
+                    .await
+                else {
+                    return seen; // quiet: the publishers are done
+                };
+                seen.extend(changed.updates().iter().map(|u| u.version().get()));
+                cursor = changed.cursor();
+            }
+        })
+    };
+    let (watch_a, watch_b) = (watch(on_a.clone()), watch(on_b.clone()));
+
+    let mut tasks = Vec::new();
+    for i in 0..100u64 {
+        let ch = if i % 2 == 0 {
+            on_a.clone()
+        } else {
+            on_b.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            // 0 to 300 µs: some publishes never leave, some are cut off
+            // waiting for Redis's answer, most finish.
+            let budget = Duration::from_micros(i * 37 % 300);
+            tokio::time::timeout(budget, ch.publish(i)).await.is_ok()
+        }));
+    }
+    let mut finished = 0;
+    for t in tasks {
+        finished += usize::from(t.await.unwrap());
+    }
+    assert!(
+        (1..100).contains(&finished),
+        "some publishes were cancelled, some finished ({finished})"
+    );
+    let last = on_a.publish(1000).await.unwrap();
+    reach(&on_b, last).await;
+
+    let stored: Vec<String> = command(
+        &url,
+        redis::cmd("HMGET")
+            .arg(on_a.key())
+            .arg("epoch")
+            .arg("version"),
+    )
+    .await;
+    assert_eq!(
+        stored[1],
+        last.to_string(),
+        "the last publish is Redis's version"
+    );
+    for (ch, watch) in [(&on_a, watch_a), (&on_b, watch_b)] {
+        assert_eq!(ch.current().version(), last);
+        assert_eq!(ch.current().epoch().to_string(), stored[0]);
+        let seen = watch.await.unwrap();
+        let expected: Vec<u64> = (1..=last.get()).collect();
+        assert_eq!(seen, expected, "every version once, in order");
+    }
+    delete_prefix(&url, &prefix).await;
+}
+
+#[test]
+fn backplane_futures_and_handles_are_send_and_sync() {
+    fn send<T: Send>(_: &T) {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Backplane>();
+    send_sync::<Channel<u64>>();
+    send_sync::<ModifyScript>();
+    send_sync::<longpoll::redis::BackplaneError>();
+    // Never polled: only their types matter.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    send(&Backplane::connect("redis://127.0.0.1:1/"));
+    fn with_channel(ch: &Channel<u64>, script: &ModifyScript) {
+        send(&ch.publish(1));
+        send(&ch.modify(script).arg("x").invoke());
+    }
+    let _ = with_channel;
+}

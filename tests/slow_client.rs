@@ -40,7 +40,9 @@ struct Server {
 async fn start(flags: &[&str]) -> Server {
     use clap::Parser;
     let args = common::shopping_cart::Args::try_parse_from(
-        ["shopping_cart", "--addr", "127.0.0.1:0"].iter().chain(flags),
+        ["shopping_cart", "--addr", "127.0.0.1:0"]
+            .iter()
+            .chain(flags),
     )
     .expect("valid flags");
     let listener = tokio::net::TcpListener::bind(args.addr).await.unwrap();
@@ -145,7 +147,10 @@ async fn client_that_never_reads_stalls_at_its_buffers_and_1000_polls_still_get_
     }
     assert!(held, "1000 polls were never held at once");
 
-    let r = control.request(post_cart("fanout", "add").as_bytes()).await.unwrap();
+    let r = control
+        .request(post_cart("fanout", "add").as_bytes())
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json_u64("version"), Some(version + 1));
     for poll in polls {

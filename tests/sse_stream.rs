@@ -169,7 +169,9 @@ async fn a_foreign_or_future_cursor_resyncs() {
 async fn an_idle_stream_sends_keep_alive_comments_at_the_heartbeat_interval() {
     let b = Broadcaster::new(String::new());
     let config = SseConfig::new().heartbeat(Duration::from_secs(10));
-    let mut s = sse().with_config(config).stream(&b, Some(b.current().cursor()));
+    let mut s = sse()
+        .with_config(config)
+        .stream(&b, Some(b.current().cursor()));
     s.next().await.unwrap().unwrap(); // retry
     let start = tokio::time::Instant::now();
     let beat = s.next().await.unwrap().unwrap();
@@ -241,7 +243,10 @@ fn the_request_cursor_comes_from_last_event_id_then_the_query() {
         Sse::<String>::cursor(&uri, &headers).unwrap(),
         Some(Cursor::at(Version::new(5)).with_epoch(e))
     );
-    headers.insert("last-event-id", HeaderValue::from_static("0000000000000abc-9"));
+    headers.insert(
+        "last-event-id",
+        HeaderValue::from_static("0000000000000abc-9"),
+    );
     assert_eq!(
         Sse::<String>::cursor(&uri, &headers).unwrap(),
         Some(Cursor::at(Version::new(9)).with_epoch(e)),

@@ -176,15 +176,14 @@ pub(crate) fn valid_room(room: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn check_room(room: &str) -> Result<(), Response> {
-    if valid_room(room) {
-        Ok(())
-    } else {
-        Err(error(
+/// `400` if `room` is not a valid room name.
+fn room_error(room: &str) -> Option<Response> {
+    (!valid_room(room)).then(|| {
+        error(
             StatusCode::BAD_REQUEST,
             "a room name is 1 to 32 characters of a-z, 0-9, '-' and '_'",
-        ))
-    }
+        )
+    })
 }
 
 /// The routes, over `chat`.
@@ -224,7 +223,7 @@ async fn poll(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(resp) = check_room(&room) {
+    if let Some(resp) = room_error(&room) {
         return resp;
     }
     let request = match PollRequest::from_parts(&uri, &headers, &chat.settings.poll) {
@@ -266,7 +265,7 @@ async fn events(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(resp) = check_room(&room) {
+    if let Some(resp) = room_error(&room) {
         return resp;
     }
     let cursor = match Sse::<Entry>::cursor(&uri, &headers) {
@@ -287,7 +286,7 @@ async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(resp) = check_room(&room) {
+    if let Some(resp) = room_error(&room) {
         return resp;
     }
     let form_type = headers

@@ -100,7 +100,10 @@ pub(crate) fn check_percent_decode(input: &[u8]) {
     let decoded = percent_decode(input);
     assert_eq!(decoded, reference_decode(input), "input {input:?}");
     match decoded {
-        Ok(s) => assert_eq!(percent_decode(percent_encode(&s).as_bytes()).as_ref(), Ok(&s)),
+        Ok(s) => assert_eq!(
+            percent_decode(percent_encode(&s).as_bytes()).as_ref(),
+            Ok(&s)
+        ),
         Err(e) => assert!(!e.to_string().is_empty()),
     }
 }
@@ -155,7 +158,10 @@ pub(crate) fn check_form_round_trip(pairs: &[(String, String)]) {
     let body = encode_form(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let form = Form::parse(body.as_bytes()).expect("an encoded form parses");
     let back: Vec<(&str, &str)> = form.pairs().collect();
-    let sent: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let sent: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     assert_eq!(back, sent);
 }
 
@@ -168,7 +174,9 @@ pub(crate) fn check_timeout(s: &str) {
             assert!(!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
             assert!(s.bytes().filter(|&b| b == b'.').count() <= 1);
             // Close to what a float parser makes of it.
-            let f: f64 = s.parse().unwrap_or_else(|_| format!("0{s}").parse().unwrap());
+            let f: f64 = s
+                .parse()
+                .unwrap_or_else(|_| format!("0{s}").parse().unwrap());
             assert!((d.as_secs_f64() - f).abs() < 1e-6, "{s:?} gave {d:?}");
         }
         Err(e) => assert_bad_request(e),
@@ -192,7 +200,10 @@ pub(crate) fn check_if_none_match(value: &[u8]) {
         Ok(cursor) => {
             let version = cursor.version().expect("an ETag names a version");
             let epoch = cursor.epoch().expect("an ETag names an epoch");
-            assert_eq!(parse_if_none_match(etag(epoch, version).as_bytes()), Ok(cursor));
+            assert_eq!(
+                parse_if_none_match(etag(epoch, version).as_bytes()),
+                Ok(cursor)
+            );
         }
         Err(e) => assert_bad_request(e),
     }
@@ -262,8 +273,14 @@ pub(crate) fn check_poll_request(query: &str, if_none_match: Option<&[u8]>) {
 /// and a type always matches itself.
 pub(crate) fn check_media_type(content_type: &[u8], expected: &str) {
     let answer = media_type_is(content_type, expected);
-    assert_eq!(media_type_is(&content_type.to_ascii_uppercase(), expected), answer);
-    assert_eq!(media_type_is(&content_type.to_ascii_lowercase(), expected), answer);
+    assert_eq!(
+        media_type_is(&content_type.to_ascii_uppercase(), expected),
+        answer
+    );
+    assert_eq!(
+        media_type_is(&content_type.to_ascii_lowercase(), expected),
+        answer
+    );
     if !content_type.contains(&b';') {
         let mut with_params = content_type.to_vec();
         with_params.extend_from_slice(b"; charset=UTF-8");
@@ -284,7 +301,10 @@ pub(crate) fn check_last_event_id(id: &[u8], query: &str) {
     if let Ok(text) = std::str::from_utf8(id) {
         if let Some(cursor) = sse::parse_event_id(text) {
             let (version, epoch) = (cursor.version().unwrap(), cursor.epoch().unwrap());
-            assert_eq!(sse::parse_event_id(&sse::event_id(epoch, version)), Some(cursor));
+            assert_eq!(
+                sse::parse_event_id(&sse::event_id(epoch, version)),
+                Some(cursor)
+            );
         }
     }
     let Ok(uri) = format!("/events?{query}").parse::<Uri>() else {

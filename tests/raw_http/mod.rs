@@ -103,7 +103,8 @@ impl Conn {
             }
             self.fill().await?;
         };
-        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| invalid("head not UTF-8"))?;
+        let head =
+            std::str::from_utf8(&self.buf[..head_end]).map_err(|_| invalid("head not UTF-8"))?;
         let mut lines = head.split("\r\n");
         let status = lines
             .next()
@@ -115,7 +116,9 @@ impl Conn {
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
         let length = match headers.iter().find(|(n, _)| n == "content-length") {
-            Some((_, v)) => v.parse::<usize>().map_err(|_| invalid("bad content-length"))?,
+            Some((_, v)) => v
+                .parse::<usize>()
+                .map_err(|_| invalid("bad content-length"))?,
             None if matches!(status, 204 | 304) => 0,
             None => return Err(invalid("response without a content-length")),
         };
