@@ -93,7 +93,7 @@ struct Args {
     #[arg(long)]
     fanout_only: bool,
     /// Fan-out rounds without, and as many with, the slow client.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     fanout_rounds: usize,
 }
 
@@ -678,8 +678,7 @@ async fn stalled_client(addr: SocketAddr) -> Result<(TcpStream, usize), Error> {
     let chunk = "GET / HTTP/1.1\r\nhost: 127.0.0.1\r\ncookie: session=stalled\r\n\r\n".repeat(1000);
     let mut written = 0;
     loop {
-        match tokio::time::timeout(STALL, stream.write(chunk.as_bytes())).await
-        {
+        match tokio::time::timeout(STALL, stream.write(chunk.as_bytes())).await {
             Ok(Ok(n)) => written += n,
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Ok((stream, written)),
@@ -858,7 +857,11 @@ async fn fanout(args: &Args, target: &Target) -> Result<bool, Error> {
     for round in 0..args.fanout_rounds {
         // Alternate the order (without-with, with-without) so that drift
         // over the run and whatever a round leaves behind weigh on both.
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for slow_client in order {
             if slow_client {
                 let before = target.rss();
@@ -892,12 +895,20 @@ async fn fanout(args: &Args, target: &Target) -> Result<bool, Error> {
         ms(b),
         list(&with)
     );
-    println!("  ratio with/without: {ratio:.2}");
-    for (growth, written) in stalled_growth {
+    println!("  ratio with/without (medians): {ratio:.2}");
+    if let (Some(lo), Some(hi)) = (
+        stalled_growth.iter().map(|g| g.1).min(),
+        stalled_growth.iter().map(|g| g.1).max(),
+    ) {
+        let growth: Vec<String> = stalled_growth
+            .iter()
+            .map(|g| format!("{:+}", g.0 / 1024))
+            .collect();
         println!(
-            "  stalled client: it wrote {} before the server stopped reading; server RSS {:+} KiB",
-            mib(written as u64),
-            growth / 1024
+            "  the stalled client wrote {}..{} before the server stopped reading; server RSS change meanwhile, KiB: {}",
+            mib(lo as u64),
+            mib(hi as u64),
+            growth.join(" ")
         );
     }
     Ok(true)
