@@ -196,7 +196,7 @@ fn main() -> ExitCode {
     let exe = std::env::current_exe().expect("own path");
     println!("memory per parked task (heap: counting allocator, exact; RSS: /proc/self/statm)");
     println!(
-        "{:<12} {:>9} {:>11} {:>12} {:>11} {:>13} {:>12}",
+        "{:<12} {:>9} {:>9} {:>12} {:>11} {:>15} {:>14}",
         "variant", "N", "future B", "heap B/task", "RSS B/task", "heap over bare", "RSS over bare"
     );
     for &n in &ns {
@@ -230,7 +230,7 @@ fn main() -> ExitCode {
                 None => ("".into(), "".into()),
             };
             println!(
-                "{variant:<12} {n:>9} {:>11} {heap:>12.1} {:>11} {heap_over:>13} {rss_over:>12}   ({:.1?})",
+                "{variant:<12} {n:>9} {:>9} {heap:>12.1} {:>11} {heap_over:>15} {rss_over:>14}   ({:.1?})",
                 m.future_size,
                 rss.map_or("-".into(), |r| format!("{r:.1}")),
                 started.elapsed()

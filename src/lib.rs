@@ -97,7 +97,7 @@
 //! | feature | default | enables |
 //! |---------|---------|---------|
 //! | `tokio` | yes     | [`Broadcaster::wait_timeout`] and [`Keyed::sweeper`](keyed::Keyed::sweeper), on tokio's timer |
-//! | `http`  | no      | [`http`]: the long-poll endpoint on the `http` crate's types (query and `If-None-Match` parsing, `200`/`204`/`400`/`503` answers, one body encoding per version); [`sse`]: server-sent events on the same cursor (`Last-Event-ID` resume, heartbeats, lag as a `resync` event) |
+//! | `http`  | yes     | [`http`]: the long-poll endpoint on the `http` crate's types (query and `If-None-Match` parsing, `200`/`204`/`400`/`503` answers, one body encoding per version); [`sse`]: server-sent events on the same cursor (`Last-Event-ID` resume, heartbeats, lag as a `resync` event) |
 //! | `redis` | no      | [`redis`]: a Redis backplane, so that several server instances share one version sequence and wake each other's waiters |
 //!
 //! [`tokio::sync::watch`]: https://docs.rs/tokio/latest/tokio/sync/watch/index.html

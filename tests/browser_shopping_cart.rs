@@ -58,7 +58,7 @@ mod in_chromium {
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
 
-    use crate::common::shopping_cart::{serve, Args};
+    use crate::common::shopping_cart::{serve_with, Args};
     use crate::webdriver::{self, wait_until, ChromeDriver, Session};
 
     /// Long enough for any change to reach a page over loopback many times over.
@@ -407,10 +407,10 @@ mod in_chromium {
                 .unwrap_or_else(|e| panic!("bind {}: {e}", args.addr));
             let addr = listener.local_addr().unwrap();
             let (tx, rx) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve(
+            let task = tokio::spawn(serve_with(
                 listener,
                 args.app(),
-                args.header_timeout,
+                args.limits(),
                 async move {
                     let _ = rx.await;
                 },

@@ -157,23 +157,6 @@ async fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-/// [`serve_with`] with this header timeout and the other limits at their
-/// defaults. The binary calls `serve_with`; tests that start the server in
-/// process call this.
-#[allow(dead_code)]
-pub(crate) async fn serve(
-    listener: TcpListener,
-    app: Arc<App>,
-    header_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    let limits = Limits {
-        header_timeout,
-        ..Limits::default()
-    };
-    serve_with(listener, app, limits, shutdown).await;
-}
-
 /// Serves `app` on `listener` within `limits` until `shutdown` completes,
 /// then closes the app (held long polls get `503`) and waits at most
 /// [`DRAIN`] for the connections to finish.

@@ -51,10 +51,10 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let app = args.app();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(shopping_cart::serve(
+        let task = tokio::spawn(shopping_cart::serve_with(
             listener,
             Arc::clone(&app),
-            args.header_timeout,
+            args.limits(),
             async move {
                 let _ = rx.await;
             },
