@@ -32,6 +32,11 @@ pub(crate) struct Shared<T> {
     history: usize,
     /// Most waiters (futures and callbacks) registered at once.
     pub(crate) max_waiters: usize,
+    /// The emptied waker vector of the last fan-out, for the next round of
+    /// registrations. Under its own lock, so that returning it after a
+    /// fan-out does not contend with the waiters that fan-out just woke.
+    /// Lock order: `inner`, then `spare`.
+    spare: Mutex<Vec<Option<Waker>>>,
 }
 
 pub(crate) struct Inner<T> {
@@ -73,6 +78,15 @@ impl<T> Inner<T> {
             return Some(self.retained_after(None, Some(Resync::Ahead)));
         }
         let missed = cur.version.get() - since.get();
+        // The common cases, without walking the history: a waiter woken by
+        // the last publish is exactly one version behind, and with a history
+        // of one only the current value is there to give.
+        if missed == 1 || self.history.len() == 1 {
+            let resync = (missed > 1).then_some(Resync::Lagged {
+                skipped: missed - 1,
+            });
+            return Some(Changed::one(cur.clone(), resync));
+        }
         let kept = self
             .history
             .iter()
@@ -104,14 +118,19 @@ impl<T> Inner<T> {
 
     /// Makes `update` the current state and takes every waiter out.
     /// Returns what must be dropped or woken once the lock is released.
-    fn push(&mut self, update: Update<T>, history: usize) -> (Taken<T>, Option<Update<T>>) {
+    fn push(
+        &mut self,
+        update: Update<T>,
+        history: usize,
+        spare: &Mutex<Vec<Option<Waker>>>,
+    ) -> (Taken<T>, Option<Update<T>>) {
         let evicted = if self.history.len() >= history {
             self.history.pop_front()
         } else {
             None
         };
         self.history.push_back(update);
-        (self.waiters.take_all(), evicted)
+        (self.waiters.take_all(spare), evicted)
     }
 }
 
@@ -211,6 +230,7 @@ impl Builder {
                 }),
                 history: self.history,
                 max_waiters: self.max_waiters.unwrap_or(usize::MAX),
+                spare: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -234,6 +254,7 @@ impl Builder {
                 }),
                 history: self.history,
                 max_waiters: self.max_waiters.unwrap_or(usize::MAX),
+                spare: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -412,7 +433,7 @@ impl<T> Broadcaster<T> {
             version,
             value,
         });
-        let taken = inner.waiters.take_all();
+        let taken = inner.waiters.take_all(&self.shared.spare);
         // Every callback registered at the old (version, epoch).
         let answer = inner.answer(old_version, Some(old_epoch));
         drop(inner);
@@ -424,7 +445,7 @@ impl<T> Broadcaster<T> {
     /// Publishes `update` (already validated), releases the lock, then wakes.
     fn publish_locked(&self, mut inner: MutexGuard<'_, Inner<T>>, update: Update<T>) {
         let prev = (inner.current().version, inner.current().epoch);
-        let (taken, evicted) = inner.push(update, self.shared.history);
+        let (taken, evicted) = inner.push(update, self.shared.history, &self.shared.spare);
         // Callbacks all registered at `prev`: one answer serves them all.
         let answer = if taken.callbacks.is_empty() {
             None
@@ -453,7 +474,10 @@ impl<T> Broadcaster<T> {
                 panicked = Some(p);
                 wakers.clear();
             }
-            self.lock().waiters.recycle(wakers);
+            let mut spare = self.shared.spare.lock();
+            if wakers.capacity() > spare.capacity() {
+                *spare = wakers;
+            }
         }
         for cb in callbacks.into_iter().flatten() {
             let answer = answer();
@@ -493,7 +517,7 @@ impl<T> Broadcaster<T> {
             return false;
         }
         inner.closed = true;
-        let taken = inner.waiters.take_all();
+        let taken = inner.waiters.take_all(&self.shared.spare);
         drop(inner);
         self.fan_out(taken, || Err(WaitError::Closed));
         true

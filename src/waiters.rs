@@ -12,6 +12,7 @@
 
 use std::task::Waker;
 
+use crate::sync::Mutex;
 use crate::{Changed, WaitError};
 
 /// A registered callback, called once with the answer (or `Closed`).
@@ -78,9 +79,6 @@ impl<S> Slab<S> {
 pub(crate) struct Waiters<T> {
     wakers: Slab<Waker>,
     callbacks: Slab<Callback<T>>,
-    /// The emptied vector of an earlier fan-out, kept so that the next round
-    /// of registrations does not grow a new one from nothing.
-    spare: Vec<Option<Waker>>,
 }
 
 /// Everything a publish took out of the list, to be woken outside the lock.
@@ -94,7 +92,6 @@ impl<T> Waiters<T> {
         Waiters {
             wakers: Slab::new(),
             callbacks: Slab::new(),
-            spare: Vec::new(),
         }
     }
 
@@ -122,12 +119,14 @@ impl<T> Waiters<T> {
         self.callbacks.remove(idx)
     }
 
-    /// Takes every waiter out. O(1): two vector swaps.
-    pub(crate) fn take_all(&mut self) -> Taken<T> {
+    /// Takes every waiter out. O(1): two vector swaps. The wakers' slab is
+    /// replaced by `spare`, an emptied vector of an earlier fan-out, so that
+    /// the next round of registrations does not grow one from nothing.
+    pub(crate) fn take_all(&mut self, spare: &Mutex<Vec<Option<Waker>>>) -> Taken<T> {
         let wakers = if self.wakers.entries.is_empty() {
             Vec::new()
         } else {
-            let spare = std::mem::take(&mut self.spare);
+            let spare = std::mem::take(&mut *spare.lock());
             self.wakers.take(spare)
         };
         let callbacks = if self.callbacks.entries.is_empty() {
@@ -136,13 +135,5 @@ impl<T> Waiters<T> {
             self.callbacks.take(Vec::new())
         };
         Taken { wakers, callbacks }
-    }
-
-    /// Keeps an emptied waker vector for the next fan-out.
-    pub(crate) fn recycle(&mut self, wakers: Vec<Option<Waker>>) {
-        debug_assert!(wakers.is_empty());
-        if wakers.capacity() > self.spare.capacity() {
-            self.spare = wakers;
-        }
     }
 }
