@@ -218,21 +218,7 @@ impl Builder {
             version: self.initial_version,
             value: Arc::new(initial),
         };
-        let mut history = VecDeque::with_capacity(self.history.min(1024));
-        history.push_back(first);
-        Broadcaster {
-            shared: Arc::new(Shared {
-                inner: Mutex::new(Inner {
-                    history,
-                    waiters: Waiters::new(),
-                    era: 0,
-                    closed: false,
-                }),
-                history: self.history,
-                max_waiters: self.max_waiters.unwrap_or(usize::MAX),
-                spare: Mutex::new(Vec::new()),
-            }),
-        }
+        self.build_from(vec![first])
     }
 
     /// Builds a broadcaster that continues `retained` (oldest first, never

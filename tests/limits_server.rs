@@ -8,51 +8,16 @@
 mod common;
 mod raw_http;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use raw_http::{get, post_cart, Conn, Ending};
-use tokio::sync::oneshot;
 
 /// Generous bounds that only stop a broken test from hanging; nothing here
 /// asserts a speed.
 const HANG_GUARD: Duration = Duration::from_secs(10);
-
-/// The example's server in this process, with every flag applied (the
-/// connection limits included).
-struct Server {
-    addr: SocketAddr,
-    // Dropping it shuts the server down.
-    _shutdown: oneshot::Sender<()>,
-}
-
-async fn start(flags: &[&str]) -> Server {
-    use clap::Parser;
-    let args = common::shopping_cart::Args::try_parse_from(
-        ["shopping_cart", "--addr", "127.0.0.1:0"]
-            .iter()
-            .chain(flags),
-    )
-    .expect("valid flags");
-    let listener = tokio::net::TcpListener::bind(args.addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(common::shopping_cart::serve_with(
-        listener,
-        args.app(),
-        args.limits(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    Server {
-        addr,
-        _shutdown: tx,
-    }
-}
 
 /// `/stats` on `conn`: (waiters, version, epoch).
 async fn stats(conn: &mut Conn) -> (u64, u64, String) {
@@ -85,7 +50,7 @@ fn poll_from(version: u64, epoch: &str, timeout: &str) -> String {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_get_503_and_close_while_held_ones_keep_working() {
-    let server = start(&["--max-connections", "4"]).await;
+    let server = common::Server::start(&["--max-connections", "4"]).await;
     let mut control = Conn::connect(server.addr).await.unwrap();
     let (_, version, epoch) = stats(&mut control).await;
 
@@ -153,7 +118,7 @@ async fn connections_beyond_max_connections_get_503_and_close_while_held_ones_ke
 
 #[tokio::test]
 async fn half_sent_request_is_closed_after_the_header_timeout() {
-    let server = start(&["--header-timeout", "0.3", "--idle-timeout", "60"]).await;
+    let server = common::Server::start(&["--header-timeout", "0.3", "--idle-timeout", "60"]).await;
 
     let mut half = Conn::connect(server.addr).await.unwrap();
     half.send(b"GET /status?since=0 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ")
@@ -173,7 +138,7 @@ async fn half_sent_request_is_closed_after_the_header_timeout() {
 async fn idle_http1_keep_alive_connection_is_closed_after_the_header_timeout() {
     // hyper's header-read timeout starts again after each answer, so it is
     // also the idle timeout of HTTP/1 keep-alive connections.
-    let server = start(&["--header-timeout", "0.3", "--idle-timeout", "60"]).await;
+    let server = common::Server::start(&["--header-timeout", "0.3", "--idle-timeout", "60"]).await;
     let mut c = Conn::connect(server.addr).await.unwrap();
     assert_eq!(c.get("/healthz").await.unwrap().status, 200);
     assert_eq!(c.get("/healthz").await.unwrap().status, 200);
@@ -182,7 +147,7 @@ async fn idle_http1_keep_alive_connection_is_closed_after_the_header_timeout() {
 
 #[tokio::test]
 async fn idle_http1_connection_is_closed_after_the_idle_timeout_but_not_while_a_poll_is_held() {
-    let server = start(&["--header-timeout", "60", "--idle-timeout", "0.3"]).await;
+    let server = common::Server::start(&["--header-timeout", "60", "--idle-timeout", "0.3"]).await;
     let mut c = Conn::connect(server.addr).await.unwrap();
     let (_, version, epoch) = stats(&mut c).await;
     // Held for 1 s, three idle timeouts: a poll in progress is not idle.
@@ -193,7 +158,7 @@ async fn idle_http1_connection_is_closed_after_the_idle_timeout_but_not_while_a_
 
 #[tokio::test]
 async fn idle_h2c_connection_is_closed_after_the_idle_timeout_but_not_while_a_poll_is_held() {
-    let server = start(&["--idle-timeout", "0.3"]).await;
+    let server = common::Server::start(&["--idle-timeout", "0.3"]).await;
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -228,7 +193,7 @@ async fn idle_h2c_connection_is_closed_after_the_idle_timeout_but_not_while_a_po
 
 #[tokio::test]
 async fn cart_body_over_8_kib_gets_413_without_being_sent() {
-    let server = start(&[]).await;
+    let server = common::Server::start(&[]).await;
     let mut c = Conn::connect(server.addr).await.unwrap();
     // Declares 1 GB and sends none of it: answered from the headers alone.
     let r = tokio::time::timeout(
@@ -285,7 +250,7 @@ async fn cart_body_over_8_kib_gets_413_without_being_sent() {
 
 #[tokio::test]
 async fn long_polls_beyond_max_waiters_get_503_with_retry_after_and_freed_places_are_reused() {
-    let server = start(&["--max-waiters", "2"]).await;
+    let server = common::Server::start(&["--max-waiters", "2"]).await;
     let mut control = Conn::connect(server.addr).await.unwrap();
     let (_, version, epoch) = stats(&mut control).await;
     let poll = poll_from(version, &epoch, "60");

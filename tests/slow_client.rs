@@ -10,13 +10,11 @@
 mod common;
 mod raw_http;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use raw_http::{get, post_cart, Conn, Ending};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 /// Generous bounds that only stop a broken test from hanging.
 const HANG_GUARD: Duration = Duration::from_secs(30);
@@ -30,37 +28,6 @@ const STALLED: Duration = Duration::from_secs(1);
 /// below the 256 MiB it tries to send.
 const BUFFERED_AT_MOST: usize = 32 << 20;
 const FLOOD: usize = 256 << 20;
-
-struct Server {
-    addr: SocketAddr,
-    _shutdown: oneshot::Sender<()>,
-}
-
-/// The example's server in this process, with every flag applied.
-async fn start(flags: &[&str]) -> Server {
-    use clap::Parser;
-    let args = common::shopping_cart::Args::try_parse_from(
-        ["shopping_cart", "--addr", "127.0.0.1:0"]
-            .iter()
-            .chain(flags),
-    )
-    .expect("valid flags");
-    let listener = tokio::net::TcpListener::bind(args.addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(common::shopping_cart::serve_with(
-        listener,
-        args.app(),
-        args.limits(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    Server {
-        addr,
-        _shutdown: tx,
-    }
-}
 
 /// How a flood of pipelined requests ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -109,7 +76,7 @@ async fn stats(conn: &mut Conn) -> (u64, u64, String) {
 async fn client_that_never_reads_stalls_at_its_buffers_and_1000_polls_still_get_the_change() {
     // Two sockets per poll in this process, the server's and the client's.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let server = start(&[]).await;
+    let server = common::Server::start(&[]).await;
 
     // Every `GET /` answers a 40-byte request with the whole page: the
     // server's writes back up long before the client's do.
@@ -172,7 +139,7 @@ async fn client_that_never_reads_stalls_at_its_buffers_and_1000_polls_still_get_
 
 #[tokio::test]
 async fn client_that_never_reads_is_disconnected_after_the_idle_timeout() {
-    let server = start(&["--idle-timeout", "0.5"]).await;
+    let server = common::Server::start(&["--idle-timeout", "0.5"]).await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     let page = "GET / HTTP/1.1\r\nhost: 127.0.0.1\r\ncookie: session=slow\r\n\r\n";
     let (written, ended) = flood_without_reading(&mut slow, page).await;
@@ -189,7 +156,7 @@ async fn client_that_never_reads_is_disconnected_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn slow_reader_that_reads_at_last_gets_every_answer_in_order() {
-    let server = start(&[]).await;
+    let server = common::Server::start(&[]).await;
     let mut c = Conn::connect(server.addr).await.unwrap();
     const N: usize = 5000;
     let mut pipelined = String::new();
