@@ -22,16 +22,11 @@
 
 #![allow(missing_docs)]
 
-/// Passes with a note, or fails under `LONGPOLL_REQUIRE_BROWSER=1`.
-fn skip(reason: &str) {
-    use std::io::Write as _;
-
-    if std::env::var_os("LONGPOLL_REQUIRE_BROWSER").is_some_and(|v| v == "1") {
-        panic!("LONGPOLL_REQUIRE_BROWSER=1, but the browser test cannot run: {reason}");
-    }
-    // Straight to stderr: the harness hides `eprintln!` of a passing test.
-    let _ = writeln!(std::io::stderr(), "skipped: browser test: {reason}");
-}
+// The WebDriver client; each browser test uses part of it.
+#[allow(dead_code)]
+#[path = "common/webdriver.rs"]
+mod webdriver;
+use webdriver::skip;
 
 #[cfg(not(feature = "http"))]
 #[test]
@@ -42,12 +37,6 @@ fn chat_pages_by_poll_and_sse_see_every_message_once_across_network_cuts() {
 #[cfg(feature = "http")]
 #[path = "../examples/chat/app.rs"]
 mod app;
-
-// Only part of the WebDriver client is used here.
-#[cfg(feature = "http")]
-#[allow(dead_code)]
-#[path = "common/webdriver.rs"]
-mod webdriver;
 
 #[cfg(feature = "http")]
 mod in_chromium {

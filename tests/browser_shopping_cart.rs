@@ -23,17 +23,11 @@
 
 #![allow(missing_docs)]
 
-/// Passes with a note, or fails under `LONGPOLL_REQUIRE_BROWSER=1`.
-fn skip(reason: &str) {
-    use std::io::Write as _;
-
-    if std::env::var_os("LONGPOLL_REQUIRE_BROWSER").is_some_and(|v| v == "1") {
-        panic!("LONGPOLL_REQUIRE_BROWSER=1, but the browser test cannot run: {reason}");
-    }
-    // Straight to stderr rather than `eprintln!`, which the test harness
-    // captures and hides for a passing test.
-    let _ = writeln!(std::io::stderr(), "skipped: browser test: {reason}");
-}
+// The WebDriver client; each browser test uses part of it.
+#[allow(dead_code)]
+#[path = "common/webdriver.rs"]
+mod webdriver;
+use webdriver::skip;
 
 #[cfg(not(feature = "http"))]
 #[test]
@@ -43,9 +37,6 @@ fn two_visitors_see_each_others_cart_changes_without_reload() {
 
 #[cfg(feature = "http")]
 mod common;
-#[cfg(feature = "http")]
-#[path = "common/webdriver.rs"]
-mod webdriver;
 
 #[cfg(feature = "http")]
 mod in_chromium {

@@ -29,18 +29,17 @@ async fn reach<T>(ch: &Channel<T>, version: Version) {
     .expect("the channel reaches the version");
 }
 
+/// One backplane instance on the shared Redis, under the test's prefix.
+async fn instance(url: &str, prefix: &str) -> Backplane {
+    Backplane::builder(url)
+        .prefix(prefix)
+        .connect()
+        .await
+        .unwrap()
+}
+
 async fn two_instances(url: &str, prefix: &str) -> (Backplane, Backplane) {
-    let a = Backplane::builder(url)
-        .prefix(prefix)
-        .connect()
-        .await
-        .unwrap();
-    let b = Backplane::builder(url)
-        .prefix(prefix)
-        .connect()
-        .await
-        .unwrap();
-    (a, b)
+    (instance(url, prefix).await, instance(url, prefix).await)
 }
 
 #[tokio::test]
@@ -226,20 +225,12 @@ async fn an_instance_that_joins_late_starts_at_the_current_version() {
         return;
     };
     let prefix = unique_prefix("late");
-    let a = Backplane::builder(&url)
-        .prefix(&prefix)
-        .connect()
-        .await
-        .unwrap();
+    let a = instance(&url, &prefix).await;
     let on_a = a.channel("v", String::from("first")).await.unwrap();
     for s in ["b", "c", "d"] {
         on_a.publish(s.into()).await.unwrap();
     }
-    let b = Backplane::builder(&url)
-        .prefix(&prefix)
-        .connect()
-        .await
-        .unwrap();
+    let b = instance(&url, &prefix).await;
     // Its initial value is ignored: the channel exists.
     let on_b = b.channel("v", String::from("ignored")).await.unwrap();
     assert_eq!(on_b.current().version(), Version::new(3));
@@ -307,11 +298,7 @@ async fn a_modify_script_touches_its_own_keys_in_the_same_step() {
         return;
     };
     let prefix = unique_prefix("keys");
-    let bp = Backplane::builder(&url)
-        .prefix(&prefix)
-        .connect()
-        .await
-        .unwrap();
+    let bp = instance(&url, &prefix).await;
     let ch = bp.channel("members", 0u32).await.unwrap();
     let join = ModifyScript::new(
         r#"
@@ -350,11 +337,7 @@ async fn a_snippet_that_raises_an_error_publishes_nothing() {
         return;
     };
     let prefix = unique_prefix("raise");
-    let bp = Backplane::builder(&url)
-        .prefix(&prefix)
-        .connect()
-        .await
-        .unwrap();
+    let bp = instance(&url, &prefix).await;
     let ch = bp.channel("c", 1u32).await.unwrap();
     let bad = ModifyScript::new("error('no way')");
     let err = ch.modify(&bad).invoke().await.unwrap_err();
@@ -375,11 +358,7 @@ async fn reopening_a_name_shares_the_channel_and_another_type_is_refused() {
         return;
     };
     let prefix = unique_prefix("reopen");
-    let bp = Backplane::builder(&url)
-        .prefix(&prefix)
-        .connect()
-        .await
-        .unwrap();
+    let bp = instance(&url, &prefix).await;
     let first = bp.channel("c", 1u32).await.unwrap();
     let second = bp.channel("c", 2u32).await.unwrap();
     assert!(first.broadcaster().same_broadcaster(second.broadcaster()));
@@ -395,20 +374,12 @@ async fn a_stored_value_of_another_type_fails_open_with_a_decode_error() {
         return;
     };
     let prefix = unique_prefix("decode");
-    let writer = Backplane::builder(&url)
-        .prefix(&prefix)
-        .connect()
-        .await
-        .unwrap();
+    let writer = instance(&url, &prefix).await;
     writer
         .channel("c", String::from("not a number"))
         .await
         .unwrap();
-    let reader = Backplane::builder(&url)
-        .prefix(&prefix)
-        .connect()
-        .await
-        .unwrap();
+    let reader = instance(&url, &prefix).await;
     let err = reader.channel("c", 0u32).await.unwrap_err();
     assert!(err.is_decode(), "{err:?}");
     delete_prefix(&url, &prefix).await;
@@ -478,8 +449,10 @@ async fn cancelled_publishes_leave_both_instances_in_step() {
     let on_a: Channel<u64> = a.channel_builder("n").history(256).open(0).await.unwrap();
     let on_b: Channel<u64> = b.channel_builder("n").history(256).open(0).await.unwrap();
     let watch = |ch: Channel<u64>| {
+        // The cursor is taken before the task is spawned: a watcher that
+        // started late would otherwise begin after the first publishes.
+        let mut cursor = ch.current().cursor();
         tokio::spawn(async move {
-            let mut cursor = ch.current().cursor();
             let mut seen: Vec<u64> = Vec::new();
             loop {
                 let Ok(changed) = ch
@@ -504,9 +477,15 @@ async fn cancelled_publishes_leave_both_instances_in_step() {
             on_b.clone()
         };
         tasks.push(tokio::spawn(async move {
-            // 0 to 300 µs: some publishes never leave, some are cut off
-            // waiting for Redis's answer, most finish.
-            let budget = Duration::from_micros(i * 37 % 300);
+            // Half get 0 to 300 µs: some never leave, some are cut off
+            // waiting for Redis's answer. The other half have time to
+            // finish, however busy the machine (and publish 0, with no
+            // time at all, cannot).
+            let budget = if i < 50 {
+                Duration::from_micros(i * 37 % 300)
+            } else {
+                WAIT
+            };
             tokio::time::timeout(budget, ch.publish(i)).await.is_ok()
         }));
     }
@@ -515,8 +494,8 @@ async fn cancelled_publishes_leave_both_instances_in_step() {
         finished += usize::from(t.await.unwrap());
     }
     assert!(
-        (1..100).contains(&finished),
-        "some publishes were cancelled, some finished ({finished})"
+        (50..100).contains(&finished),
+        "some publishes were cancelled, the rest finished ({finished})"
     );
     let last = on_a.publish(1000).await.unwrap();
     reach(&on_b, last).await;

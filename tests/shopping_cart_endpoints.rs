@@ -17,6 +17,21 @@ async fn get(client: &reqwest::Client, server: &Server, path: &str) -> reqwest::
     client.get(server.url(path)).send().await.unwrap()
 }
 
+/// `GET path` with an `If-None-Match` header.
+async fn get_if_none_match(
+    client: &reqwest::Client,
+    server: &Server,
+    path: &str,
+    etag: &str,
+) -> reqwest::Response {
+    client
+        .get(server.url(path))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn epoch(client: &reqwest::Client, server: &Server) -> String {
     stats(client, server).await["epoch"]
         .as_str()
@@ -275,32 +290,23 @@ async fn if_none_match_with_the_current_etag_waits_and_with_an_old_one_answers_a
     let current = get(&client, &server, "/status?timeout=0").await;
     let etag0 = current.headers()["etag"].to_str().unwrap().to_owned();
 
-    let resp = client
-        .get(server.url("/status?timeout=0.2"))
-        .header("if-none-match", &etag0)
-        .send()
-        .await
-        .unwrap();
+    let resp = get_if_none_match(&client, &server, "/status?timeout=0.2", &etag0).await;
     assert_eq!(resp.status(), 204, "the current ETag waits, then times out");
 
     json(post_cart(&client, &server, "a", "add").await, 200).await;
-    let resp = client
-        .get(server.url("/status?timeout=30"))
-        .header("if-none-match", &etag0)
-        .send()
-        .await
-        .unwrap();
+    let resp = get_if_none_match(&client, &server, "/status?timeout=30", &etag0).await;
     let etag1 = resp.headers()["etag"].to_str().unwrap().to_owned();
     assert_ne!(etag1, etag0);
     assert_eq!(json(resp, 200).await["version"], 1);
 
     // A weak form of the current tag waits too.
-    let resp = client
-        .get(server.url("/status?timeout=0.1"))
-        .header("if-none-match", format!("W/{etag1}"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_if_none_match(
+        &client,
+        &server,
+        "/status?timeout=0.1",
+        &format!("W/{etag1}"),
+    )
+    .await;
     assert_eq!(resp.status(), 204);
 }
 
@@ -314,12 +320,7 @@ async fn query_since_wins_over_if_none_match() {
         .to_owned();
     json(post_cart(&client, &server, "a", "add").await, 200).await;
     // The header says "behind", the query says "current": the query wins.
-    let resp = client
-        .get(server.url("/status?since=1&timeout=0.1"))
-        .header("if-none-match", &etag0)
-        .send()
-        .await
-        .unwrap();
+    let resp = get_if_none_match(&client, &server, "/status?since=1&timeout=0.1", &etag0).await;
     assert_eq!(resp.status(), 204);
 }
 

@@ -66,6 +66,18 @@ fn err(msg: impl Into<String>) -> Error {
     Error(msg.into())
 }
 
+/// Passes with a note, or fails under `LONGPOLL_REQUIRE_BROWSER=1`.
+pub(crate) fn skip(reason: &str) {
+    use std::io::Write as _;
+
+    if std::env::var_os("LONGPOLL_REQUIRE_BROWSER").is_some_and(|v| v == "1") {
+        panic!("LONGPOLL_REQUIRE_BROWSER=1, but the browser test cannot run: {reason}");
+    }
+    // Straight to stderr rather than `eprintln!`, which the test harness
+    // captures and hides for a passing test.
+    let _ = writeln!(std::io::stderr(), "skipped: browser test: {reason}");
+}
+
 /// Whether the browser tests can run here: `Ok(())` if both binaries exist,
 /// otherwise the reason they cannot.
 pub(crate) fn browser_available() -> std::result::Result<(), String> {
