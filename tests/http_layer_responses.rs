@@ -344,3 +344,33 @@ async fn dropped_and_closed_requests_leave_no_waiters() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+/// A request body that says when it is dropped.
+struct Flag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn handle_drops_the_request_before_the_poll_waits() {
+    let b = Broadcaster::new(0u32);
+    let (poll, _) = counted(&b);
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = Request::get("/status?since=0&timeout=60")
+        .header("x-large", "x".repeat(4096))
+        .body(Flag(dropped.clone()))
+        .unwrap();
+    let mut held = tokio_test::task::spawn(poll.handle(req));
+    tokio_test::assert_pending!(held.poll());
+    assert_eq!(b.waiter_count(), 1, "the poll is held");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the request (and its header bytes) is gone while the poll waits"
+    );
+    b.notify(1).unwrap();
+    let Ok(resp) = tokio_test::assert_ready!(held.poll());
+    assert_eq!(resp.status(), StatusCode::OK);
+}
