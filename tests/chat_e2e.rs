@@ -453,3 +453,50 @@ async fn shutdown_answers_held_polls_with_503_and_ends_streams() {
         .expect("the server stops")
         .unwrap();
 }
+
+#[tokio::test]
+async fn one_poll_over_several_rooms_names_the_room_of_every_message() {
+    let s = Server::start(settings(10)).await;
+    let c = client();
+    // No cursors: each room's baseline at once, naming its room.
+    let body: Value = c
+        .get(s.url("/rooms?keys=red,blue"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answers = body["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0]["key"], "red");
+    assert_eq!(answers[0]["resync"]["reason"], "initial");
+    let id = |a: &Value| format!("{}-{}", a["epoch"].as_str().unwrap(), a["version"]);
+    let cursors = format!("{},{}", id(&answers[0]), id(&answers[1]));
+
+    // Held until one room has a message; only that room is answered.
+    let url = s.url(&format!(
+        "/rooms?keys=red,blue&cursors={cursors}&timeout=10"
+    ));
+    let held = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished());
+    assert_eq!(post(&c, &s, "blue", "bo", "hi blue").await.status(), 200);
+    let body = json(held.await.unwrap()).await;
+    let answers = body["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0]["key"], "blue");
+    assert_eq!(texts(&answers[0]), ["hi blue"]);
+
+    // A room name the chat refuses, or too many rooms: 400.
+    for bad in ["/rooms?keys=Red", "/rooms?keys=a,b,c,d,e,f,g,h,i"] {
+        assert_eq!(
+            c.get(s.url(bad)).send().await.unwrap().status(),
+            400,
+            "{bad}"
+        );
+    }
+}

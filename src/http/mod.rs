@@ -287,6 +287,7 @@
 //! [`Broadcaster<T>`]: crate::Broadcaster
 //! [`Broadcaster::close`]: crate::Broadcaster::close
 //! [`Update<T>`]: crate::Update
+//! [`Bytes`]: bytes::Bytes
 //! [`Resync::OtherEpoch`]: crate::Resync::OtherEpoch
 
 pub(crate) mod answer;

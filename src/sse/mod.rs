@@ -67,7 +67,7 @@
 //! lost, never an ever-growing queue. Each frame holds at most one answer:
 //! at most `history` updates. Each update is encoded once, whatever the
 //! number of streams that carry it (the cache of [`EventStreams`], which it
-//! can share with a [`LongPoll`](crate::http::LongPoll)).
+//! can share with a [`LongPoll`]).
 //!
 //! # Serving it
 //!

@@ -204,6 +204,7 @@ pub(crate) fn check_if_none_match(value: &[u8]) {
     match IfNoneMatch::parse(value) {
         Some(inm) if inm.is_any() => {
             assert_eq!(value.trim_ascii(), b"*");
+            assert!(value.iter().all(|&b| b == b'*' || b == b' ' || b == b'\t'));
             assert!(inm.is_empty());
         }
         Some(inm) => {
@@ -222,7 +223,12 @@ pub(crate) fn check_if_none_match(value: &[u8]) {
                     .matches(epoch, version));
             }
         }
-        None => assert_ne!(value.trim_ascii(), b"*"),
+        None => {
+            let ows = |b: &u8| *b == b' ' || *b == b'\t';
+            let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+            let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+            assert_ne!(&value[start..end.max(start)], b"*");
+        }
     }
     let config = PollConfig::new();
     assert_eq!(
