@@ -84,8 +84,13 @@ async fn round(variant: Variant, n: usize) -> Duration {
     let done = Arc::new(Notify::new());
     let done_at = Arc::new(parking_lot::Mutex::new(None::<Instant>));
     for _ in 0..n {
-        let (poll, left, done, done_at) =
-            (poll.clone(), left.clone(), done.clone(), done_at.clone());
+        let (poll, request, left, done, done_at) = (
+            poll.clone(),
+            request.clone(),
+            left.clone(),
+            done.clone(),
+            done_at.clone(),
+        );
         tokio::spawn(async move {
             let answer = poll.wait(&request).await;
             let resp = match variant {

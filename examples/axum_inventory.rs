@@ -2,7 +2,7 @@
 //! demo: neither the core nor `longpoll::http` is tied to a framework.
 //!
 //! ```sh
-//! cargo run --example axum_inventory --features http -- 127.0.0.1:3000
+//! cargo run --example axum_inventory --features axum -- 127.0.0.1:3000
 //! curl -i 'http://127.0.0.1:3000/status?since=0'   # held until a change (30 s)
 //! curl -i -X POST http://127.0.0.1:3000/take        # in another terminal
 //! ```
@@ -10,16 +10,21 @@
 //! `GET /status` is the long poll (`since`, `epoch`, `timeout`,
 //! `If-None-Match`; `200`/`204`/`400`/`503`), `POST /take` and `POST /put`
 //! change the stock by one within `[0, 10]`.
+//!
+//! The long poll's handler takes a [`PollRequest`] (the `axum` feature's
+//! extractor, whose rejection is the layer's own `400`) rather than the
+//! request: axum drops the request before the handler waits, so a held
+//! poll keeps none of its bytes.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use longpoll::http::{error_response, LongPoll};
+use longpoll::http::{error_response, LongPoll, PollRequest};
 use longpoll::{Broadcaster, Update};
 
 const STOCK: u32 = 10;
@@ -41,9 +46,10 @@ pub(crate) fn app(stock: Broadcaster<u32>) -> Router {
         .with_state(poll)
 }
 
-/// The long poll: the layer parses, waits and answers.
-async fn status(State(poll): State<LongPoll<u32>>, uri: Uri, headers: HeaderMap) -> Response {
-    poll.handle(&uri, &headers).await.map(Body::from)
+/// The long poll: the extractor parses (a malformed cursor is its `400`),
+/// the layer waits and answers.
+async fn status(State(poll): State<LongPoll<u32>>, request: PollRequest) -> impl IntoResponse {
+    poll.serve(request).await
 }
 
 async fn take(State(poll): State<LongPoll<u32>>) -> Response {

@@ -758,3 +758,17 @@ impl<T> fmt::Debug for Broadcaster<T> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(feature = "http")]
+impl<T> Broadcaster<T> {
+    /// What a cursor from a sequence this broadcaster cannot even name (an
+    /// epoch in another format, from another deployment) gets: at once, as a
+    /// cursor of another epoch does, without registering a waiter.
+    pub(crate) fn answer_foreign(&self) -> Result<Changed<T>, WaitError> {
+        let inner = self.lock();
+        if inner.closed {
+            return Err(WaitError::Closed);
+        }
+        Ok(inner.retained_after(None, Some(Resync::OtherEpoch)))
+    }
+}

@@ -97,7 +97,9 @@
 //! | feature | default | enables |
 //! |---------|---------|---------|
 //! | `tokio` | yes     | [`Broadcaster::wait_timeout`] and [`Keyed::sweeper`](keyed::Keyed::sweeper), on tokio's timer |
-//! | `http`  | yes     | [`http`]: the long-poll endpoint on the `http` crate's types (query and `If-None-Match` parsing, `200`/`204`/`400`/`503` answers, one body encoding per version); [`sse`]: server-sent events on the same cursor (`Last-Event-ID` resume, heartbeats, lag as a `resync` event) |
+//! | `http`  | yes     | [`http`]: the long-poll endpoint on the `http` crate's types (query and `If-None-Match` parsing, `200`/`204`/`400`/`503` answers, one body encoding per update, the envelope of a batch, a poll over several keys); [`sse`]: server-sent events on the same cursor (`Last-Event-ID` resume, keep-alive comments, lag as a `resync` event) |
+//! | `tower` | no      | `tower::Service` for [`http::LongPoll`], [`http::KeyedPoll`] and [`sse::SseEndpoint`] (depends on `tower-service` only) |
+//! | `axum`  | no      | [`http::PollRequest`] and [`http::KeyedRequest`] as axum extractors whose rejection is the endpoint's `400` (depends on `axum-core`) |
 //! | `redis` | no      | [`redis`]: a Redis backplane, so that several server instances share one version sequence and wake each other's waiters |
 //!
 //! [`tokio::sync::watch`]: https://docs.rs/tokio/latest/tokio/sync/watch/index.html

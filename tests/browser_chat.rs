@@ -28,17 +28,17 @@
 mod webdriver;
 use webdriver::skip;
 
-#[cfg(not(feature = "http"))]
+#[cfg(not(feature = "axum"))]
 #[test]
 fn chat_pages_by_poll_and_sse_see_every_message_once_across_network_cuts() {
-    skip("the chat example needs the `http` feature (cargo test --features http)");
+    skip("the chat example needs the `axum` feature (cargo test --features axum)");
 }
 
-#[cfg(feature = "http")]
+#[cfg(feature = "axum")]
 #[path = "../examples/chat/app.rs"]
 mod app;
 
-#[cfg(feature = "http")]
+#[cfg(feature = "axum")]
 mod in_chromium {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! The chat example end to end over a real socket: long polls and event
 //! streams of several clients, reconnection within and beyond a room's
 //! history, validation, the room limit and shutdown.
-#![cfg(feature = "http")]
+#![cfg(feature = "axum")]
 #![allow(missing_docs)]
 
 #[path = "../examples/chat/app.rs"]
@@ -112,10 +112,20 @@ async fn json(resp: reqwest::Response) -> Value {
     serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
 }
 
-fn texts(body: &Value) -> Vec<String> {
-    body["messages"]
+/// The messages of a long-poll envelope (a room's starting point carries
+/// none).
+fn messages(body: &Value) -> Vec<Value> {
+    body["updates"]
         .as_array()
         .unwrap()
+        .iter()
+        .map(|u| u["data"].clone())
+        .filter(|m| !m.is_null())
+        .collect()
+}
+
+fn texts(body: &Value) -> Vec<String> {
+    messages(body)
         .iter()
         .map(|m| m["text"].as_str().unwrap().to_string())
         .collect()
@@ -270,7 +280,7 @@ async fn a_message_reaches_every_open_poll_and_stream_of_its_room_only() {
     for p in pollers {
         let body = json(tokio::time::timeout(STEP, p).await.unwrap().unwrap()).await;
         assert_eq!(texts(&body), ["hello lobby"]);
-        assert_eq!(body["messages"][0]["name"], "ann");
+        assert_eq!(messages(&body)[0]["name"], "ann");
         assert_eq!(body["resync"], Value::Null);
     }
     assert_eq!(event_texts(&stream.events(1).await), ["hello lobby"]);
@@ -391,7 +401,7 @@ async fn bad_rooms_bad_messages_and_markup_are_handled() {
     assert_eq!(post(&c, &s, "r", "<b>", xss).await.status(), 200);
     let body = json(poll(&c, &s, "r", None, 0).await).await;
     assert_eq!(texts(&body), [xss]);
-    assert_eq!(body["messages"][0]["name"], "<b>");
+    assert_eq!(messages(&body)[0]["name"], "<b>");
     // Nothing from the rejected posts got in.
     assert_eq!(body["version"], 1);
 }
@@ -442,4 +452,51 @@ async fn shutdown_answers_held_polls_with_503_and_ends_streams() {
         .await
         .expect("the server stops")
         .unwrap();
+}
+
+#[tokio::test]
+async fn one_poll_over_several_rooms_names_the_room_of_every_message() {
+    let s = Server::start(settings(10)).await;
+    let c = client();
+    // No cursors: each room's baseline at once, naming its room.
+    let body: Value = c
+        .get(s.url("/rooms?keys=red,blue"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answers = body["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0]["key"], "red");
+    assert_eq!(answers[0]["resync"]["reason"], "initial");
+    let id = |a: &Value| format!("{}-{}", a["epoch"].as_str().unwrap(), a["version"]);
+    let cursors = format!("{},{}", id(&answers[0]), id(&answers[1]));
+
+    // Held until one room has a message; only that room is answered.
+    let url = s.url(&format!(
+        "/rooms?keys=red,blue&cursors={cursors}&timeout=10"
+    ));
+    let held = tokio::spawn({
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished());
+    assert_eq!(post(&c, &s, "blue", "bo", "hi blue").await.status(), 200);
+    let body = json(held.await.unwrap()).await;
+    let answers = body["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0]["key"], "blue");
+    assert_eq!(texts(&answers[0]), ["hi blue"]);
+
+    // A room name the chat refuses, or too many rooms: 400.
+    for bad in ["/rooms?keys=Red", "/rooms?keys=a,b,c,d,e,f,g,h,i"] {
+        assert_eq!(
+            c.get(s.url(bad)).send().await.unwrap().status(),
+            400,
+            "{bad}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The HTTP layer in axum, over a real socket: `examples/axum_inventory.rs`
 //! answers the long poll exactly as the hyper demo does.
+#![cfg(feature = "axum")]
 
 use std::time::{Duration, Instant};
 

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use longpoll::http::{
-    etag, media_type_is, parse_if_none_match, parse_timeout, percent_decode, Form, FormError,
-    PollConfig, PollRequest, RequestError,
+    etag, media_type_is, parse_timeout, percent_decode, Form, FormError, IfNoneMatch, PollConfig,
+    PollRequest, RequestError, MAX_EPOCH_LEN,
 };
 use longpoll::{Cursor, Epoch, Version};
 
@@ -54,9 +54,14 @@ fn malformed_parameters_are_each_named_in_the_error() {
         ("since=1%", RequestError::InvalidSince),
         ("since=18446744073709551616", RequestError::InvalidSince),
         ("since= 1", RequestError::InvalidSince),
-        ("epoch=0000000000000000", RequestError::InvalidEpoch),
-        ("epoch=00000000000000fff", RequestError::InvalidEpoch),
-        ("epoch=g", RequestError::InvalidEpoch),
+        (
+            &*format!("epoch={}", "e".repeat(65)),
+            RequestError::EpochTooLong,
+        ),
+        (
+            &*format!("since=1&epoch={}", "%41".repeat(65)),
+            RequestError::EpochTooLong,
+        ),
         ("timeout=", RequestError::InvalidTimeout { max }),
         ("timeout=NaN", RequestError::InvalidTimeout { max }),
         ("timeout=inf", RequestError::InvalidTimeout { max }),
@@ -139,6 +144,38 @@ fn timeout_accepts_decimal_seconds_only() {
     }
 }
 
+/// Epochs this server never issues: another format, another deployment,
+/// zero, too long for an `Epoch`, repeated, undecodable.
+const FOREIGN_EPOCHS: &[&str] = &[
+    "xyz",
+    "g",
+    "0",
+    "0000000000000000",
+    "00000000000000001",
+    "v2%3Aeu-west-1",
+    "%ZZ",
+    "",
+    "00000000000000ff&epoch=00000000000000ff",
+];
+
+#[test]
+fn an_epoch_the_server_did_not_issue_is_foreign_never_an_error() {
+    for epoch in FOREIGN_EPOCHS {
+        for query in [format!("since=3&epoch={epoch}"), format!("epoch={epoch}")] {
+            let req = parse(&query).unwrap_or_else(|e| panic!("{query}: {e}"));
+            assert!(req.is_foreign(), "{query}");
+            assert!(req.names_cursor(), "{query}");
+        }
+    }
+    // Up to 64 bytes is a foreign epoch; more is absurd, and a 400.
+    assert!(parse(&format!("epoch={}", "e".repeat(MAX_EPOCH_LEN)))
+        .unwrap()
+        .is_foreign());
+    assert!(!parse(&format!("epoch={FF}")).unwrap().is_foreign());
+    // A malformed `since` is still a 400, whatever the epoch.
+    assert_eq!(parse("since=x&epoch=xyz"), Err(RequestError::InvalidSince));
+}
+
 #[test]
 fn if_none_match_gives_the_cursor_when_the_query_has_no_since() {
     let tag = etag(Epoch::new(255).unwrap(), Version::new(9));
@@ -156,33 +193,77 @@ fn if_none_match_gives_the_cursor_when_the_query_has_no_since() {
 }
 
 #[test]
-fn etags_round_trip_and_foreign_tags_are_refused() {
+fn if_none_match_is_star_or_a_list_and_anything_else_is_ignored() {
+    let config = PollConfig::new();
+    let with = |inm: &[u8]| PollRequest::parse(Some("timeout=1"), Some(inm), &config).unwrap();
+
+    // `*`: held as for the current cursor; a cursor was named (204 on timeout).
+    let star = with(b" * ");
+    assert_eq!(star.cursor(), Cursor::NEXT);
+    assert!(star.names_cursor() && !star.is_foreign());
+
+    // A list with one of our tags among others: that tag is the cursor.
+    let list = with(br#""abc", W/"00000000000000ff-9", "x""#);
+    assert_eq!(
+        list.cursor(),
+        Cursor::new(Some(Version::new(9)), Epoch::new(255))
+    );
+
+    // A list of other tags only: foreign, answered at once.
+    for other in [&br#""abc""#[..], br#"W/"ff-9", "00000000000000FF-9""#] {
+        let req = with(other);
+        assert!(req.is_foreign() && req.names_cursor(), "{other:?}");
+    }
+
+    // Unparsable: ignored, as if absent (no cursor named).
+    for bad in [
+        &b""[..],
+        b"abc",
+        b"\"abc",
+        b"\"a\" \"b\"",
+        b"w/\"a\"",
+        b"\"a\x01\"",
+    ] {
+        let req = with(bad);
+        assert!(!req.names_cursor() && !req.is_foreign(), "{bad:?}");
+        assert_eq!(req.cursor(), Cursor::NEXT);
+    }
+}
+
+#[test]
+fn etags_round_trip_and_compare_weakly() {
     let e = Epoch::new(0xdead_beef).unwrap();
     let tag = etag(e, Version::new(12));
     assert_eq!(tag, "\"00000000deadbeef-12\"");
-    assert_eq!(
-        parse_if_none_match(tag.as_bytes()),
-        Ok(Cursor::new(Some(Version::new(12)), Some(e)))
-    );
-    for bad in [
-        &b""[..],
-        b"*",
-        b"\"\"",
-        b"00000000deadbeef-12",
-        b"\"00000000deadbeef-12",
+    let cursor = Cursor::new(Some(Version::new(12)), Some(e));
+    for form in [
+        tag.as_bytes().to_vec(),
+        format!("W/{}", tag.to_str().unwrap()).into_bytes(),
+    ] {
+        let inm = IfNoneMatch::parse(&form).unwrap();
+        assert!(inm.matches(e, Version::new(12)));
+        assert!(!inm.matches(e, Version::new(13)));
+        assert_eq!(inm.cursors().collect::<Vec<_>>(), [cursor]);
+    }
+    // Tags we never write: not ours, never a match.
+    for other in [
+        &b"\"\""[..],
         b"\"00000000deadbeef_12\"",
         b"\"00000000deadbeef-12-1\"",
         b"\"0000000000000000-1\"",
-        b"\"ff-1\", \"ff-2\"",
-        b"w/\"ff-1\"",
+        b"\"00000000DEADBEEF-12\"",
+        b"\"00000000deadbeef-012\"",
         b"\"\xff-1\"",
     ] {
+        let inm = IfNoneMatch::parse(other).unwrap();
+        assert_eq!(inm.len(), 1);
         assert_eq!(
-            parse_if_none_match(bad),
-            Err(RequestError::InvalidIfNoneMatch),
+            inm.cursors().count(),
+            0,
             "{:?}",
-            String::from_utf8_lossy(bad)
+            String::from_utf8_lossy(other)
         );
+        assert!(!inm.matches(e, Version::new(12)));
     }
 }
 
@@ -292,7 +373,7 @@ fn no_input_makes_a_parser_panic() {
             accepted += 1;
         }
         let _ = PollRequest::parse(Some(&text), Some(&input), &config);
-        let _ = parse_if_none_match(&input);
+        let _ = IfNoneMatch::parse(&input);
         let _ = parse_timeout(&text, Duration::MAX);
         let _ = percent_decode(&input);
         let _ = Form::parse(&input);

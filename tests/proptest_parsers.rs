@@ -76,21 +76,72 @@ fn query() -> impl Strategy<Value = String> {
     ]
 }
 
-/// An `If-None-Match` value: mostly ETag-shaped, sometimes anything.
-fn if_none_match() -> impl Strategy<Value = Vec<u8>> {
+/// One entity tag: mostly ETag-shaped (sometimes exactly ours), sometimes
+/// broken.
+fn entity_tag() -> impl Strategy<Value = String> {
     let shaped = (
         prop_oneof![Just(""), Just("W/"), Just(" "), Just("w/")],
         prop_oneof![Just("\""), Just("")],
-        "[0-9a-fA-F]{0,17}",
+        prop_oneof!["[0-9a-fA-F]{0,17}", "[0-9a-f]{16}"],
         prop_oneof![Just("-"), Just(""), Just("--")],
         "[0-9]{0,21}",
-        prop_oneof![Just("\""), Just(""), Just("\", \"1-1\"")],
+        prop_oneof![Just("\""), Just("")],
     )
-        .prop_map(|(w, q1, e, dash, v, q2)| format!("{w}{q1}{e}{dash}{v}{q2}").into_bytes());
+        .prop_map(|(w, q1, e, dash, v, q2)| format!("{w}{q1}{e}{dash}{v}{q2}"));
+    prop_oneof![4 => shaped, 1 => Just("*".to_owned()), 1 => text(6)]
+}
+
+/// An `If-None-Match` value: `*`, a list of tags with the separators RFC
+/// 9110 allows (and some it does not), or any bytes.
+fn if_none_match() -> impl Strategy<Value = Vec<u8>> {
+    let sep = prop_oneof![Just(","), Just(", "), Just(" ,,\t"), Just(" "), Just("")];
+    let list = prop::collection::vec((entity_tag(), sep), 1..4).prop_map(|tags| {
+        tags.into_iter()
+            .map(|(t, s)| format!("{t}{s}"))
+            .collect::<String>()
+            .into_bytes()
+    });
     prop_oneof![
-        4 => shaped,
+        4 => list,
+        1 => Just(b"*".to_vec()),
         1 => prop::collection::vec(any::<u8>(), 0..40),
     ]
+}
+
+/// A multi-key query: `keys` and `cursors` lists of sometimes valid,
+/// sometimes broken elements, with `timeout` and noise.
+fn keyed_query() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        "[a-z]{0,10}",
+        Just("a".to_owned()),
+        Just("%2C".to_owned()),
+        text(4)
+    ];
+    let cursor = prop_oneof![
+        Just(String::new()),
+        "[0-9a-f]{16}-[0-9]{1,3}",
+        "[0-9a-fA-F]{0,17}-?[0-9]{0,21}",
+        "[a-z:%]{0,90}",
+    ];
+    (
+        prop::collection::vec(key, 0..6),
+        prop::option::of(prop::collection::vec(cursor, 0..7)),
+        prop::option::of(timeout_text()),
+        any::<bool>(),
+    )
+        .prop_map(|(keys, cursors, timeout, twice)| {
+            let mut q = format!("keys={}", keys.join(","));
+            if let Some(c) = cursors {
+                q += &format!("&cursors={}", c.join(","));
+            }
+            if let Some(t) = timeout {
+                q += &format!("&timeout={t}");
+            }
+            if twice {
+                q += "&keys=a";
+            }
+            q
+        })
 }
 
 /// A `timeout` value: mostly number-shaped.
@@ -128,7 +179,7 @@ proptest! {
     }
 
     #[test]
-    fn poll_request_of_any_query_and_etag_is_a_bounded_request_or_400(
+    fn poll_request_of_any_query_and_etag_is_a_bounded_request_or_a_query_400(
         query in query(),
         tag in prop::option::of(if_none_match()),
     ) {
@@ -136,8 +187,13 @@ proptest! {
     }
 
     #[test]
-    fn if_none_match_of_any_value_is_a_full_cursor_or_400(value in if_none_match()) {
+    fn if_none_match_of_any_value_is_a_list_star_or_ignored(value in if_none_match()) {
         check::check_if_none_match(&value);
+    }
+
+    #[test]
+    fn keyed_request_of_any_query_is_within_limits_or_400(query in keyed_query()) {
+        check::check_keyed_request(&query);
     }
 
     #[test]
@@ -168,7 +224,7 @@ proptest! {
     }
 
     #[test]
-    fn last_event_id_of_any_value_is_a_cursor_nothing_or_400(
+    fn last_event_id_of_any_value_is_a_cursor_or_from_scratch(
         id in if_none_match().prop_map(|v| v.into_iter().filter(|&b| b != b'"').collect::<Vec<u8>>()),
         query in query(),
     ) {

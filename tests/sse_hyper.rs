@@ -1,5 +1,5 @@
 //! An event stream served by plain hyper over a real socket: the body type
-//! needs no adapter, heartbeats arrive while nothing is published, and a
+//! needs no adapter, keep-alive comments arrive while nothing is published, and a
 //! reconnect with `Last-Event-ID` continues where the last one stopped.
 #![cfg(feature = "http")]
 
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use longpoll::sse::{Sse, SseConfig};
+use longpoll::sse::{EventStreams, SseConfig};
 use longpoll::{Broadcaster, Update};
 use tokio::net::TcpListener;
 
@@ -20,15 +20,17 @@ const STEP: Duration = Duration::from_secs(5);
 async fn serve(feed: Broadcaster<String>, config: SseConfig) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/events", listener.local_addr().unwrap());
-    let sse = Sse::new(|u: &Update<String>| Bytes::from(u.value().to_string())).with_config(config);
+    let streams = EventStreams::new(|u: &Update<String>| Bytes::from(u.value().to_string()))
+        .with_config(config);
+    let endpoint = streams.endpoint(feed);
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let (sse, feed) = (sse.clone(), feed.clone());
+            let endpoint = endpoint.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let cursor = Sse::<String>::cursor(req.uri(), req.headers()).unwrap_or(None);
-                    let resp = sse.response(&feed, cursor);
+                    // The request is dropped here; the stream keeps nothing of it.
+                    let resp = endpoint.handle(req);
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let _ = http1::Builder::new()
@@ -53,12 +55,12 @@ async fn read_until(resp: &mut reqwest::Response, text: &mut String, needle: &st
 }
 
 #[tokio::test]
-async fn hyper_serves_heartbeats_and_a_last_event_id_resume() {
+async fn hyper_serves_keep_alives_and_a_last_event_id_resume() {
     let feed = Broadcaster::builder()
         .history(16)
         .build("start".to_string());
     let config = SseConfig::new()
-        .heartbeat(Duration::from_millis(100))
+        .keep_alive(Duration::from_millis(100))
         .retry(Duration::from_millis(250));
     let url = serve(feed.clone(), config).await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();

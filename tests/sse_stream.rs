@@ -1,5 +1,6 @@
 //! The event stream at the poll level: first frame, resume by cursor,
-//! lag, heartbeats, closing, and the cursor a request names.
+//! lag, keep-alive comments, closing, one encoding per update, and the
+//! cursor a request names (never an error).
 #![cfg(feature = "http")]
 
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Uri};
-use longpoll::sse::{self, EventStream, Sse, SseConfig, SseRequestError};
+use longpoll::sse::{self, EventStream, EventStreams, SseConfig};
 use longpoll::{Broadcaster, Cursor, Epoch, Update, Version};
 use tokio_test::{assert_pending, assert_ready, task};
 
@@ -45,8 +46,8 @@ fn parse(text: &str) -> Vec<Event> {
         .collect()
 }
 
-fn sse() -> Sse<String> {
-    Sse::new(|u: &Update<String>| Bytes::from(u.value().to_string()))
+fn sse() -> EventStreams<String> {
+    EventStreams::new(|u: &Update<String>| Bytes::from(u.value().to_string()))
 }
 
 fn text(frame: Option<Result<Bytes, std::convert::Infallible>>) -> String {
@@ -166,9 +167,9 @@ async fn a_foreign_or_future_cursor_resyncs() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_idle_stream_sends_keep_alive_comments_at_the_heartbeat_interval() {
+async fn an_idle_stream_sends_keep_alive_comments_at_the_keep_alive_interval() {
     let b = Broadcaster::new(String::new());
-    let config = SseConfig::new().heartbeat(Duration::from_secs(10));
+    let config = SseConfig::new().keep_alive(Duration::from_secs(10));
     let mut s = sse()
         .with_config(config)
         .stream(&b, Some(b.current().cursor()));
@@ -240,7 +241,7 @@ fn the_request_cursor_comes_from_last_event_id_then_the_query() {
     let uri: Uri = "/events?since=5&epoch=abc".parse().unwrap();
     let mut headers = HeaderMap::new();
     assert_eq!(
-        Sse::<String>::cursor(&uri, &headers).unwrap(),
+        sse::parse_cursor(&uri, &headers),
         Some(Cursor::at(Version::new(5)).with_epoch(e))
     );
     headers.insert(
@@ -248,24 +249,75 @@ fn the_request_cursor_comes_from_last_event_id_then_the_query() {
         HeaderValue::from_static("0000000000000abc-9"),
     );
     assert_eq!(
-        Sse::<String>::cursor(&uri, &headers).unwrap(),
+        sse::parse_cursor(&uri, &headers),
         Some(Cursor::at(Version::new(9)).with_epoch(e)),
         "Last-Event-ID wins"
     );
     headers.insert("last-event-id", HeaderValue::from_static(""));
     assert_eq!(
-        Sse::<String>::cursor(&"/events".parse().unwrap(), &headers).unwrap(),
+        sse::parse_cursor(&"/events".parse().unwrap(), &headers),
         None
     );
-    headers.insert("last-event-id", HeaderValue::from_static("nonsense"));
     assert_eq!(
-        Sse::<String>::cursor(&uri, &headers).unwrap_err(),
-        SseRequestError::InvalidLastEventId
+        sse::parse_cursor(&uri, &headers),
+        Some(Cursor::at(Version::new(5)).with_epoch(e)),
+        "an empty id: the query"
     );
-    let bad: Uri = "/events?since=x".parse().unwrap();
-    let err = Sse::<String>::cursor(&bad, &HeaderMap::new()).unwrap_err();
-    assert!(matches!(err, SseRequestError::Query(_)));
-    assert_eq!(err.into_response().status(), 400);
+}
+
+#[test]
+fn a_cursor_the_server_did_not_issue_starts_from_scratch_never_an_error() {
+    let uri: Uri = "/events?since=5&epoch=abc".parse().unwrap();
+    for id in ["nonsense", "v2:eu-west-7", "0-1", "abc-x", "\u{1}"] {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "last-event-id",
+            HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("x")),
+        );
+        assert_eq!(sse::parse_cursor(&uri, &headers), None, "{id:?}");
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("last-event-id", HeaderValue::from_bytes(b"\xff-1").unwrap());
+    assert_eq!(sse::parse_cursor(&uri, &headers), None);
+    for query in [
+        "since=x",
+        "since=5&epoch=v2:eu",
+        "since=5&epoch=0",
+        "epoch=abc",
+        "since=1&since=2",
+    ] {
+        let uri: Uri = format!("/events?{query}").parse().unwrap();
+        assert_eq!(sse::parse_cursor(&uri, &HeaderMap::new()), None, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn each_update_is_encoded_once_whatever_the_number_of_streams() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let streams = EventStreams::new({
+        let calls = calls.clone();
+        move |u: &Update<String>| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Bytes::from(u.value().to_string())
+        }
+    });
+    let b = Broadcaster::builder().history(4).build("a".to_string());
+    let mut all: Vec<_> = (0..50)
+        .map(|_| task::spawn(streams.stream(&b, Some(b.current().cursor()))))
+        .collect();
+    for s in &mut all {
+        next(s);
+        assert_pending!(s.poll_next());
+    }
+    b.notify("b".into()).unwrap();
+    b.notify("c".into()).unwrap();
+    for s in &mut all {
+        assert_eq!(datas(&parse(&next(s))), ["b", "c"]);
+    }
+    // And a baseline of the same history: nothing new to encode but "a".
+    let mut late = task::spawn(streams.stream(&b, None));
+    assert_eq!(datas(&parse(&next(&mut late))[1..]), ["a", "b", "c"]);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 #[test]

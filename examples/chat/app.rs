@@ -6,28 +6,39 @@
 //! | `GET /`                       | the page (`?room=<name>&transport=poll\|sse`)               |
 //! | `GET /rooms/{room}/messages`  | long poll: `since`, `epoch`, `timeout`; no cursor: the room's retained messages at once |
 //! | `GET /rooms/{room}/events`    | server-sent events: `Last-Event-ID` or `since` + `epoch`    |
+//! | `GET /rooms?keys=a,b&cursors=..` | one long poll over several rooms                        |
 //! | `POST /rooms/{room}/messages` | `name=..&text=..`, form-encoded                             |
 //! | `GET /healthz`                | `200` once the server accepts requests                      |
 //!
 //! A room name is 1 to 32 characters of `a-z`, `0-9`, `-` and `_`. A
 //! message's text is 1 to `max_message_chars` characters, its author's
 //! name at most 32; a request body is at most 16 KiB.
+//!
+//! Every answer is `longpoll::http`'s: a long poll answers with its
+//! envelope (`{"epoch","version","updates":[{"version","data"}],"resync"}`,
+//! each `data` a message or `null` for a room's starting point), the
+//! multi-room poll with one such envelope per room that changed, and the
+//! event stream with one event per message. Each message is encoded to JSON
+//! once, for every poll and stream that carries it.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use longpoll::http::{error_response, media_type_is, Form, PollConfig, PollRequest};
+use longpoll::http::{
+    error_response, media_type_is, BodyFormat, Form, KeyedPoll, KeyedPollConfig, KeyedRequest,
+    PollConfig, PollRequest,
+};
 use longpoll::keyed::{Keyed, KeyedPublishError, TooManyKeys};
-use longpoll::sse::{event_id, Sse, SseConfig};
-use longpoll::{Changed, Resync, Update, WaitError};
+use longpoll::sse::{event_id, EventStreams, SseConfig};
+use longpoll::Update;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -62,7 +73,7 @@ pub(crate) struct Settings {
     pub(crate) max_message_chars: usize,
     /// Long-poll timeouts.
     pub(crate) poll: PollConfig,
-    /// SSE retry advice and heartbeat.
+    /// SSE retry advice and keep-alive.
     pub(crate) sse: SseConfig,
 }
 
@@ -79,11 +90,16 @@ impl Default for Settings {
     }
 }
 
-/// The server's state: the rooms, and how their messages are encoded.
+/// The most rooms one multi-room poll may name.
+const MAX_POLLED_ROOMS: usize = 8;
+
+/// The server's state: the rooms, their long polls and event streams (one
+/// encoder and one cache of encoded messages for both).
 #[derive(Clone)]
 pub(crate) struct Chat {
     rooms: Keyed<String, Entry>,
-    sse: Sse<Entry>,
+    poll: KeyedPoll<String, Entry>,
+    streams: EventStreams<Entry>,
     settings: Arc<Settings>,
 }
 
@@ -94,11 +110,20 @@ impl Chat {
             .max_keys(settings.max_rooms)
             .idle_timeout(settings.room_idle)
             .build();
-        let sse = Sse::new(|u: &Update<Entry>| Bytes::from(message_json(u).to_string()))
-            .with_config(settings.sse);
+        let config = KeyedPollConfig::new()
+            .poll(settings.poll)
+            .max_keys(MAX_POLLED_ROOMS)
+            .max_key_len(32);
+        let poll = KeyedPoll::new(rooms.clone(), |u: &Update<Entry>| {
+            Bytes::from(message_json(u).to_string())
+        })
+        .with_config(config)
+        .with_format(BodyFormat::Envelope);
+        let streams = EventStreams::from(&poll).with_config(settings.sse);
         Chat {
             rooms,
-            sse,
+            poll,
+            streams,
             settings: Arc::new(settings),
         }
     }
@@ -110,6 +135,19 @@ impl Chat {
     }
 }
 
+/// The long-poll extractors read their timeouts from the chat's state.
+impl axum::extract::FromRef<Chat> for PollConfig {
+    fn from_ref(chat: &Chat) -> PollConfig {
+        *chat.poll.config().get_poll()
+    }
+}
+
+impl axum::extract::FromRef<Chat> for KeyedPollConfig {
+    fn from_ref(chat: &Chat) -> KeyedPollConfig {
+        *chat.poll.config()
+    }
+}
+
 /// `{"version": N, "name": ..., "text": ...}`, or `null` for a room's
 /// starting point.
 fn message_json(u: &Update<Entry>) -> Value {
@@ -117,31 +155,6 @@ fn message_json(u: &Update<Entry>) -> Value {
         Some(m) => json!({ "version": u.version().get(), "name": m.name, "text": m.text }),
         None => Value::Null,
     }
-}
-
-/// `{"reason": ...}` as in the SSE `resync` event.
-fn resync_json(resync: Option<Resync>) -> Value {
-    match resync {
-        None => Value::Null,
-        Some(Resync::Lagged { skipped }) => json!({ "reason": "lagged", "skipped": skipped }),
-        Some(Resync::Ahead) => json!({ "reason": "ahead" }),
-        Some(Resync::OtherEpoch) => json!({ "reason": "other-epoch" }),
-        Some(_) => json!({ "reason": "resync" }),
-    }
-}
-
-/// A long-poll answer: the cursor to send next time, why the client must
-/// start over (if it must), and the messages, oldest first.
-fn messages_response(updates: &[Update<Entry>], resync: Value) -> Response {
-    let last = updates.last().expect("never empty");
-    let body = json!({
-        "epoch": last.epoch().to_string(),
-        "version": last.version().get(),
-        "id": event_id(last.epoch(), last.version()),
-        "resync": resync,
-        "messages": updates.iter().map(message_json).filter(|m| !m.is_null()).collect::<Vec<_>>(),
-    });
-    json_response(StatusCode::OK, &body)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -191,6 +204,7 @@ pub(crate) fn router(chat: Chat) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/rooms", get(poll_rooms))
         .route("/rooms/{room}/messages", get(poll).post(post))
         .route("/rooms/{room}/events", get(events))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -214,67 +228,51 @@ async fn page() -> Response {
     resp
 }
 
-/// The long poll. Without a cursor: the room's retained messages at once
-/// (a baseline, `"resync": {"reason": "initial"}`). With one: every message
-/// after it as soon as there is one, or `204` after the timeout.
+/// The long poll of one room. Without a cursor: the room's retained
+/// messages at once (a baseline, `"resync": {"reason": "initial"}`). With
+/// one: every message after it as soon as there is one, or `204` after the
+/// timeout. The request is gone by the time the poll waits: the handler
+/// takes the parsed [`PollRequest`], not the request.
 async fn poll(
     State(chat): State<Chat>,
     Path(room): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    request: Result<PollRequest, longpoll::http::RequestError>,
 ) -> Response {
     if let Some(resp) = room_error(&room) {
         return resp;
     }
-    let request = match PollRequest::from_parts(&uri, &headers, &chat.settings.poll) {
+    let request = match request {
         Ok(r) => r,
-        Err(e) => return e.into_response().map(Body::from),
+        Err(e) => return IntoResponse::into_response(e),
     };
-    let cursor = request.cursor();
-    if cursor.version().is_none() {
-        return match chat.rooms.broadcaster(&room) {
-            Ok(b) => messages_response(&b.history(), json!({ "reason": "initial" })),
-            Err(e) => too_many_rooms(e),
-        };
-    }
-    let wait = match chat.rooms.wait(&room, cursor) {
-        Ok(w) => w,
-        Err(e) => return too_many_rooms(e),
-    };
-    match tokio::time::timeout(request.timeout(), wait).await {
-        Err(_elapsed) => {
-            let mut resp = StatusCode::NO_CONTENT.into_response();
-            resp.headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp
-        }
-        Ok(Ok(changed)) => changed_response(&changed),
-        Ok(Err(WaitError::Full { .. })) => unavailable("too many waiters in this room", 5),
-        Ok(Err(_closed)) => unavailable("the server is shutting down", 1),
+    match chat.poll.long_poll(&room) {
+        Ok(poll) => poll.serve(request).await.into_response(),
+        Err(e) => too_many_rooms(e),
     }
 }
 
-fn changed_response(changed: &Changed<Entry>) -> Response {
-    messages_response(changed.updates(), resync_json(changed.resync()))
+/// One long poll over several rooms: `?keys=a,b&cursors=<id>,<id>`.
+async fn poll_rooms(
+    State(chat): State<Chat>,
+    request: Result<KeyedRequest, longpoll::http::KeyedRequestError>,
+) -> Response {
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return IntoResponse::into_response(e),
+    };
+    if let Some(resp) = request.keys().find_map(room_error) {
+        return resp;
+    }
+    chat.poll.serve(request).await.into_response()
 }
 
 /// The event stream of a room.
-async fn events(
-    State(chat): State<Chat>,
-    Path(room): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+async fn events(State(chat): State<Chat>, Path(room): Path<String>, req: Request) -> Response {
     if let Some(resp) = room_error(&room) {
         return resp;
     }
-    let cursor = match Sse::<Entry>::cursor(&uri, &headers) {
-        Ok(c) => c,
-        Err(e) => return e.into_response().map(Body::from),
-    };
     match chat.rooms.broadcaster(&room) {
-        Ok(b) if b.is_closed() => unavailable("the server is shutting down", 1),
-        Ok(b) => chat.sse.response(&b, cursor).map(Body::new),
+        Ok(b) => chat.streams.endpoint(b).handle(req).into_response(),
         Err(e) => too_many_rooms(e),
     }
 }

@@ -5,7 +5,7 @@
 //! and starts over from what the room kept).
 //!
 //! ```sh
-//! cargo run --release --features http --example chat
+//! cargo run --release --features axum --example chat
 //! # then open http://127.0.0.1:8888/?room=lobby (add &transport=sse for SSE)
 //! ```
 //!
@@ -51,7 +51,7 @@ struct Args {
     max_message_chars: usize,
     /// Seconds between SSE keep-alive comments.
     #[arg(long, default_value_t = 15)]
-    heartbeat: u64,
+    keep_alive: u64,
 }
 
 #[tokio::main]
@@ -63,7 +63,7 @@ async fn main() -> std::io::Result<()> {
         room_idle: Duration::from_secs(args.room_idle),
         max_message_chars: args.max_message_chars,
         poll: PollConfig::new(),
-        sse: SseConfig::new().heartbeat(Duration::from_secs(args.heartbeat.max(1))),
+        sse: SseConfig::new().keep_alive(Duration::from_secs(args.keep_alive.max(1))),
     };
     let listener = TcpListener::bind(args.addr).await?;
     println!("chat listening on http://{}/", listener.local_addr()?);

@@ -86,7 +86,10 @@ pub(crate) async fn route(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/") => page(&app, req.headers()).await,
-        (&Method::GET, "/status") => app.poll.handle(req.uri(), req.headers()).await,
+        (&Method::GET, "/status") => match app.poll.parse(req.uri(), req.headers()) {
+            Ok(poll) => app.poll.respond(&poll, app.poll.wait(&poll).await),
+            Err(e) => e.into_response(),
+        },
         (&Method::POST, "/cart") => cart(&app, req).await,
         (&Method::GET | &Method::HEAD, "/stats") => stats(&app),
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),

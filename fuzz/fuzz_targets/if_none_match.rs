@@ -1,5 +1,5 @@
-//! `parse_if_none_match` on any value: a cursor that our ETag writes back
-//! the same, or a `400`.
+//! `IfNoneMatch::parse` on any value: `*`, a list whose tags of our form
+//! write back as ETags that match them, or ignored; never a `400`.
 #![no_main]
 
 #[path = "../../tests/parser_checks/mod.rs"]

@@ -1,5 +1,5 @@
-//! `Last-Event-ID` (with any query) for an event stream: a cursor, none,
-//! or a `400` with a JSON message; an id that parses is written back the
+//! `Last-Event-ID` (with any query) for an event stream: a cursor, or none
+//! (from scratch), never an error; an id that parses is written back the
 //! same.
 #![no_main]
 

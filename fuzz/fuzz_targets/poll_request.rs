@@ -1,5 +1,6 @@
 //! `PollRequest::parse` and `from_parts` on any query and `If-None-Match`:
-//! a request within bounds, or a `400` with a JSON message.
+//! a request within bounds, or a `400` with a JSON message that the query
+//! alone explains.
 #![no_main]
 
 #[path = "../../tests/parser_checks/mod.rs"]

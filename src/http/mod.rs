@@ -3,64 +3,149 @@
 //! anything built on them) serves a long-poll endpoint in a few lines.
 //!
 //! [`LongPoll<T>`] wraps a [`Broadcaster<T>`] with an encoder that turns an
-//! [`Update<T>`] into the bytes of a response body. For each request it:
+//! [`Update<T>`] into bytes. For each request it:
 //!
 //! 1. parses `since`, `epoch` and `timeout` from the query and `If-None-Match`
-//!    from the headers into a [`PollRequest`], or answers `400` with
+//!    from the headers into an owned [`PollRequest`], or answers `400` with
 //!    `{"error": "..."}` saying what is wrong ([`RequestError`]);
-//! 2. waits on the broadcaster for at most the timeout;
+//! 2. drops the request, and waits on the broadcaster for at most the
+//!    timeout;
 //! 3. answers:
 //!
 //! | outcome                                   | status | headers                                   |
 //! |-------------------------------------------|--------|-------------------------------------------|
 //! | a change after the cursor                 | `200`  | `ETag: "<epoch>-<version>"`, `Cache-Control: no-store` |
+//! | a cursor the server did not issue         | `200`  | at once, the current state, as for a change |
 //! | timeout, the client named a cursor        | `204`  | `Cache-Control: no-store`                 |
 //! | timeout, the client named no cursor       | `200`  | the current state, as for a change        |
 //! | broadcaster closed (shutdown)             | `503`  | `Retry-After: 1` (configurable)           |
 //! | waiter limit reached                      | `503`  | `Retry-After: 5` (configurable)           |
-//!
-//! # One encoding per version
-//!
-//! A publish wakes every held request at once, and each answers with the
-//! same version. The body of each `(epoch, version)` is encoded once, kept,
-//! and handed to every waiter as a clone of one [`Bytes`] (a reference
-//! count, not a copy): a fan-out to 100 000 waiters runs the encoder once.
+//! | a method other than `GET` or `HEAD`       | `405`  | `Allow: GET, HEAD` (in [`LongPoll::handle`]) |
 //!
 //! # The query and the headers
 //!
 //! | input                  | form                                  | meaning                                  |
 //! |------------------------|---------------------------------------|------------------------------------------|
 //! | `since`                | unsigned 64-bit decimal               | the last version the client saw          |
-//! | `epoch`                | 1 to 16 hex digits                    | the sequence that version belongs to     |
+//! | `epoch`                | a string of at most 64 bytes; this server's are 16 hex digits | the sequence that version belongs to |
 //! | `timeout`              | decimal seconds, `0..=max` (300)      | how long to hold (default 30 s)          |
-//! | `If-None-Match`        | `"<epoch>-<version>"` (an earlier ETag) | the same as `epoch` + `since`; the query's `since` wins |
+//! | `If-None-Match`        | `*` or a list of entity tags (RFC 9110) | the same as `epoch` + `since`; the query's `since` wins |
 //!
 //! Names and values are percent-decoded; unknown parameters are ignored; no
 //! input makes a parser panic. The parsers are plain functions
-//! ([`PollRequest::parse`], [`parse_timeout`], [`parse_if_none_match`],
-//! [`Form::parse`], [`percent_decode`], [`media_type_is`]) that can be tested
-//! and fuzzed without a server.
+//! ([`PollRequest::parse`], [`parse_timeout`], [`IfNoneMatch::parse`],
+//! [`KeyedRequest::parse`], [`Form::parse`], [`percent_decode`],
+//! [`media_type_is`]) that can be tested and fuzzed without a server.
+//!
+//! # A cursor the server did not issue
+//!
+//! A client must never be stuck retrying its cursor. An `epoch` that is not
+//! this server's, whatever its form (another format, another deployment,
+//! garbage, repeated), is *foreign*: the poll is answered at once with the
+//! current state, as a cursor from another epoch is
+//! ([`PollRequest::is_foreign`], [`Resync::OtherEpoch`]). Only an epoch over
+//! [`MAX_EPOCH_LEN`] bytes is a `400`. A malformed `since` or `timeout` is
+//! still a `400`: it is not a cursor the server issued either, but a request
+//! the client wrote wrong.
+//!
+//! # `If-None-Match`
+//!
+//! As RFC 9110 defines it: `*` or a comma-separated list of entity tags,
+//! weak (`W/"..."`) or strong, compared weakly. A list that holds the
+//! current ETag is held as for the current cursor; a list of other tags
+//! only is answered `200` at once (from the newest of this server's tags in
+//! it, so a client that is behind still receives what it missed); `*` is
+//! held as for the current cursor. An unparsable header is ignored, as if
+//! absent, never a `400`. Several `If-None-Match` headers are one list.
+//!
+//! A page on another origin cannot send `If-None-Match` without a CORS
+//! preflight on every poll: cross-origin, send the cursor in the query (see
+//! [CORS](#cors)).
+//!
+//! # Bodies: one encoding per update
+//!
+//! A publish wakes every held request at once, and each answers with the
+//! same update. Its bytes are encoded once, kept, and handed to every
+//! waiter as a clone of one [`Bytes`] (a reference count, not a copy): a
+//! fan-out to 100 000 waiters runs the encoder once. The cache knows an
+//! update by its value's allocation, so that one cache serves every key of
+//! a hub ([`LongPoll::for_broadcaster`], [`KeyedPoll`]) and event streams
+//! too ([`EventStreams`](crate::sse::EventStreams) `::from(&poll)`).
+//!
+//! [`BodyFormat::Latest`] (the default) sends the encoder's bytes for the
+//! newest update as the whole body. [`BodyFormat::Envelope`] sends what an
+//! event stream carries, in one answer:
+//!
+//! # The envelope
+//!
+//! `200`, `Content-Type: application/json`, `Cache-Control: no-store`,
+//! `ETag: "<epoch>-<version>"` of the newest update:
+//!
+//! ```text
+//! {"epoch":"1f2e3d4c5b6a7988","version":42,
+//!  "updates":[{"version":41,"data":<the encoder's bytes>},{"version":42,"data":...}],
+//!  "resync":{"reason":"lagged","skipped":3}}
+//! ```
+//!
+//! | field      | what |
+//! |------------|------|
+//! | `epoch`    | the epoch of the sequence, 16 hex digits: send it back as `epoch` |
+//! | `version`  | the newest version in `updates`: send it back as `since` |
+//! | `updates`  | every update after the client's cursor that the broadcaster retains, oldest first, never empty; each `data` is the encoder's bytes, which must be JSON |
+//! | `resync`   | only when the answer is a new baseline (the client replaces what it shows rather than appending): `{"reason":"lagged","skipped":N}` (N versions are gone), `{"reason":"ahead"}` (a cursor newer than the current version), `{"reason":"other-epoch"}` (another epoch, or a foreign cursor), `{"reason":"initial"}` (no cursor) |
+//!
+//! The reason words are those of the SSE [`resync`](crate::sse#events)
+//! event. In the envelope format a request that names no cursor at all is
+//! answered at once with a baseline (every retained update, `"reason":
+//! "initial"`), as an event stream starts. The envelope of one update
+//! without a resync, what every waiter woken by a publish receives, is made
+//! once and shared as the bodies are.
+//!
+//! # Several keys in one poll
+//!
+//! [`KeyedPoll`] serves a [`Keyed`](crate::keyed::Keyed) hub: the long poll
+//! of each key ([`KeyedPoll::long_poll`]), and one poll over several keys
+//! ([`KeyedPoll::handle`], over [`Keyed::wait_many`](crate::keyed::Keyed::wait_many)):
+//!
+//! ```text
+//! GET /stock?keys=apples,pears&cursors=1f2e3d4c5b6a7988-41,0a1b2c3d4e5f6789-7&timeout=30
+//! ```
+//!
+//! | input     | form | meaning |
+//! |-----------|------|---------|
+//! | `keys`    | keys separated by commas once percent-decoded, 1 to 16 of them ([`KeyedPollConfig::max_keys`]), each 1 to 128 bytes ([`KeyedPollConfig::max_key_len`]), none twice | the keys to wait on |
+//! | `cursors` | optional; `<epoch>-<version>` per key, in the order of `keys`; an element may be empty | where the client stands on each key; no cursor: the key's state at once |
+//! | `timeout` | as for one key | |
+//!
+//! The poll is held until one key changes; then every key that has news at
+//! that moment is answered. A key without a cursor, or with one the server
+//! did not issue (foreign, never an error; only a cursor over
+//! [`MAX_CURSOR_LEN`] bytes is a `400`), is answered at once. The answer is
+//! `200 application/json`, `Cache-Control: no-store`, one envelope per key
+//! that has news, in the order of `keys`, each naming its key:
+//!
+//! ```text
+//! {"answers":[{"key":"pears","epoch":"0a1b2c3d4e5f6789","version":8,"updates":[{"version":8,"data":9}]}]}
+//! ```
+//!
+//! The client keeps `epoch-version` of each answered key as its next
+//! cursor, and the cursors of the others. A timeout is `204`; a closed or
+//! full broadcaster, or a key the hub cannot create
+//! ([`TooManyKeys`](crate::keyed::TooManyKeys)), is `503` with
+//! `Retry-After`.
 //!
 //! # Use it in hyper
 //!
-//! A handler is one call; [`Full`] wraps the body for hyper.
-//!
-//! [`Full`]: https://docs.rs/http-body-util/latest/http_body_util/struct.Full.html
+//! [`LongPoll::handle`] takes the request by value: it parses what it needs
+//! into an owned [`PollRequest`], drops the request, then waits. A held poll
+//! thus keeps no header bytes (nor the read buffer they point into) alive.
+//! Its future is what `service_fn` wants, and [`FullBody`] is a hyper body.
 //!
 //! ```no_run
 //! use bytes::Bytes;
-//! use http_body_util::Full;
-//! use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
+//! use hyper::{server::conn::http1, service::service_fn};
 //! use hyper_util::rt::TokioIo;
 //! use longpoll::{http::LongPoll, Broadcaster};
-//! use std::convert::Infallible;
-//!
-//! async fn status(
-//!     poll: LongPoll<u32>,
-//!     req: Request<Incoming>,
-//! ) -> Result<Response<Full<Bytes>>, Infallible> {
-//!     Ok(poll.handle(req.uri(), req.headers()).await.map(Full::new))
-//! }
 //!
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<()> {
@@ -72,36 +157,124 @@
 //!     loop {
 //!         let (tcp, _) = listener.accept().await?;
 //!         let poll = poll.clone();
-//!         let service = service_fn(move |req| status(poll.clone(), req));
+//!         // The request moves into `handle`, which drops it before waiting.
+//!         let service = service_fn(move |req| poll.handle(req));
 //!         // A task per connection: a held poll must not block the next client.
 //!         tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
 //!     }
 //! }
 //! ```
 //!
+//! A handler that routes several paths calls [`LongPoll::parse`], drops the
+//! request, then [`LongPoll::wait`] and [`LongPoll::respond`].
+//!
 //! # Use it in axum
 //!
-//! The same handler, with the URI and headers as extractors and the body
-//! converted into axum's:
+//! With the `axum` feature, [`PollRequest`] is an extractor (its rejection
+//! is the endpoint's own `400`): axum drops the request before the handler
+//! waits. The response is axum's as it is.
 //!
 //! ```no_run
-//! use axum::{body::Body, extract::State, http::{HeaderMap, Uri}, response::Response};
-//! use axum::{routing::get, Router};
+//! # #[cfg(feature = "axum")]
+//! # mod with_axum {
+//! use axum::{extract::State, response::IntoResponse, routing::get, Router};
 //! use bytes::Bytes;
-//! use longpoll::{http::LongPoll, Broadcaster};
+//! use longpoll::http::{LongPoll, PollRequest};
+//! use longpoll::Broadcaster;
 //!
-//! async fn status(State(poll): State<LongPoll<u32>>, uri: Uri, headers: HeaderMap) -> Response {
-//!     poll.handle(&uri, &headers).await.map(Body::from)
+//! async fn status(State(poll): State<LongPoll<u32>>, request: PollRequest) -> impl IntoResponse {
+//!     poll.serve(request).await
 //! }
 //!
-//! #[tokio::main]
-//! async fn main() -> std::io::Result<()> {
+//! pub async fn main() -> std::io::Result<()> {
 //!     let stock = Broadcaster::new(10u32);
 //!     let poll = LongPoll::new(stock.clone(), |u| Bytes::from(u.value().to_string()));
 //!     let app = Router::new().route("/status", get(status)).with_state(poll);
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:9999").await?;
 //!     axum::serve(listener, app).await
 //! }
+//! # }
+//! # fn main() {
+//! #     #[cfg(feature = "axum")]
+//! #     let _ = with_axum::main;
+//! # }
+//! ```
+//!
+//! The extractor reads its [`PollConfig`] from the state (`PollConfig:
+//! FromRef<S>`): implemented for a `LongPoll` and a [`KeyedPoll`] state;
+//! for a state of your own, implement `FromRef<YourState> for PollConfig`.
+//! Without the feature, take axum's `Request` and call
+//! [`LongPoll::handle`].
+//!
+//! # tower
+//!
+//! With the `tower` feature, [`LongPoll`], [`KeyedPoll`] and
+//! [`SseEndpoint`](crate::sse::SseEndpoint) are `tower::Service<http::Request<B>>`
+//! for any body `B`: always ready, never failing (`Error = Infallible`).
+//! axum's `Router::route_service` and hyper-util's `TowerToHyperService`
+//! take them as they are, and `tower-http` layers wrap them:
+//!
+//! ```no_run
+//! # #[cfg(feature = "tower")]
+//! # mod with_tower {
+//! use std::time::Duration;
+//! use axum::Router;
+//! use bytes::Bytes;
+//! use longpoll::http::LongPoll;
+//! use longpoll::Broadcaster;
+//! use tower::ServiceBuilder;
+//! use axum::http::StatusCode;
+//! use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+//!
+//! pub fn app(stock: Broadcaster<u32>) -> Router {
+//!     let poll = LongPoll::new(stock, |u| Bytes::from(u.value().to_string()));
+//!     let layers = ServiceBuilder::new()
+//!         .layer(TraceLayer::new_for_http())
+//!         // Longer than the longest poll (300 s), or held polls are cut.
+//!         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(310)));
+//!     Router::new().route_service("/status", layers.service(poll))
+//! }
+//! # }
+//! # fn main() {
+//! #     #[cfg(feature = "tower")]
+//! #     let _ = with_tower::app;
+//! # }
+//! ```
+//!
+//! A `TimeoutLayer` must outlast [`PollConfig::max_timeout`], or it answers
+//! held polls itself. `CompressionLayer` compresses long-poll answers, and
+//! leaves event streams alone with its default predicate (see
+//! [the SSE module](crate::sse#compression)).
+//!
+//! # CORS
+//!
+//! A page on another origin polls without a preflight per poll when the
+//! request is a CORS "simple request": `GET`, no custom header, the cursor
+//! in the query (`since` and `epoch`, not `If-None-Match`). Every answer
+//! (`200`, `204`, `400`, `503`) must then carry
+//! `Access-Control-Allow-Origin`, and expose `ETag` and `Retry-After` to the
+//! page's script ([`EXPOSED_HEADERS`]). With the `tower` feature,
+//! `tower-http`'s `CorsLayer` does both, for every answer of the service it
+//! wraps (and answers preflights itself, with an empty [`FullBody`]):
+//!
+//! ```no_run
+//! # #[cfg(feature = "tower")]
+//! # mod with_cors {
+//! use axum::http::{HeaderValue, Method};
+//! use longpoll::http::EXPOSED_HEADERS;
+//! use tower_http::cors::CorsLayer;
+//!
+//! pub fn cors() -> CorsLayer {
+//!     CorsLayer::new()
+//!         .allow_origin(HeaderValue::from_static("https://app.example"))
+//!         .allow_methods([Method::GET])
+//!         .expose_headers(EXPOSED_HEADERS)
+//! }
+//! # }
+//! # fn main() {
+//! #     #[cfg(feature = "tower")]
+//! #     let _ = with_cors::cors;
+//! # }
 //! ```
 //!
 //! # Shutdown
@@ -114,339 +287,35 @@
 //! [`Broadcaster<T>`]: crate::Broadcaster
 //! [`Broadcaster::close`]: crate::Broadcaster::close
 //! [`Update<T>`]: crate::Update
+//! [`Bytes`]: bytes::Bytes
+//! [`Resync::OtherEpoch`]: crate::Resync::OtherEpoch
 
+pub(crate) mod answer;
+#[cfg(feature = "axum")]
+mod axum;
 mod form;
+mod if_none_match;
+mod keyed;
+mod long_poll;
 mod request;
+#[cfg(feature = "tower")]
+mod service;
 
-use std::collections::VecDeque;
-use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+pub use answer::{error_response, BodyFormat, FullBody, APPLICATION_JSON};
 
-use ::http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, RETRY_AFTER};
-use ::http::{Response, StatusCode, Uri};
-use bytes::Bytes;
-use parking_lot::Mutex;
-
+/// The response headers a page on another origin must be allowed to read:
+/// `ETag` (its next cursor) and `Retry-After` (how long to back off after a
+/// `503`). For `tower-http`'s `CorsLayer::expose_headers`, or a hand-written
+/// `Access-Control-Expose-Headers`.
+pub const EXPOSED_HEADERS: [::http::header::HeaderName; 2] =
+    [::http::header::ETAG, ::http::header::RETRY_AFTER];
 pub use form::{media_type_is, percent_decode, Form, FormError};
-pub use request::{
-    etag, parse_if_none_match, parse_timeout, PollConfig, PollRequest, RequestError,
+pub use if_none_match::{etag, IfNoneMatch};
+pub use keyed::{
+    KeyedPoll, KeyedPollConfig, KeyedRequest, KeyedRequestError, KeyedResponseFuture,
+    MAX_CURSOR_LEN,
 };
+pub use long_poll::{LongPoll, PollWait, ResponseFuture};
+pub use request::{parse_timeout, PollConfig, PollRequest, RequestError, MAX_EPOCH_LEN};
 
-use crate::{Broadcaster, Changed, Epoch, Update, Version, WaitError, WaitTimeout};
-
-/// `application/json`, the default content type of a [`LongPoll`]'s bodies.
-pub const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-
-const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
-
-/// How many recent versions keep their encoded body.
-const KEPT_BODIES: usize = 8;
-
-/// A long-poll endpoint over a [`Broadcaster<T>`](crate::Broadcaster): parses
-/// requests, waits, and answers with bodies encoded once per version.
-///
-/// `LongPoll` is a cheap handle (clone it into each connection); clones
-/// share the broadcaster and the body cache.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use bytes::Bytes;
-/// use http::{HeaderMap, StatusCode, Uri};
-/// use longpoll::{http::LongPoll, Broadcaster};
-///
-/// let stock = Broadcaster::new(10u32);
-/// let poll = LongPoll::new(stock.clone(), |u| Bytes::from(u.value().to_string()));
-/// let uri = |q: &str| -> Uri { format!("/status?{q}").parse().unwrap() };
-///
-/// // Up to date, nothing happens within the timeout: 204.
-/// let resp = poll.handle(&uri("since=0&timeout=1"), &HeaderMap::new()).await;
-/// assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-///
-/// // Behind: answered at once, with the ETag to send back next time.
-/// stock.notify(9)?;
-/// let resp = poll.handle(&uri("since=0"), &HeaderMap::new()).await;
-/// assert_eq!(resp.status(), StatusCode::OK);
-/// assert_eq!(resp.body(), "9");
-/// let etag = format!("\"{}-1\"", stock.epoch());
-/// assert_eq!(resp.headers()["etag"], etag.as_str());
-///
-/// // Malformed: 400 with a JSON message.
-/// let resp = poll.handle(&uri("since=-1"), &HeaderMap::new()).await;
-/// assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-/// # Ok(())
-/// # }
-/// ```
-pub struct LongPoll<T> {
-    broadcaster: Broadcaster<T>,
-    config: PollConfig,
-    content_type: HeaderValue,
-    bodies: Arc<Bodies<T>>,
-}
-
-type Encoder<T> = dyn Fn(&Update<T>) -> Bytes + Send + Sync;
-
-/// The encoder and the bodies of the last few versions.
-struct Bodies<T> {
-    encode: Box<Encoder<T>>,
-    /// Newest last. A handful of entries: waiters answer with the version
-    /// that woke them, which is almost always the newest.
-    recent: Mutex<VecDeque<(Epoch, Version, Bytes)>>,
-}
-
-impl<T> LongPoll<T> {
-    /// An endpoint over `broadcaster` whose `200` bodies are what `encode`
-    /// makes of an update, sent as `application/json`, with the default
-    /// [`PollConfig`].
-    ///
-    /// `encode` runs once per version, under a lock shared by this handle's
-    /// clones: keep it short, and do not call back into this `LongPoll` from
-    /// it.
-    pub fn new<F>(broadcaster: Broadcaster<T>, encode: F) -> Self
-    where
-        F: Fn(&Update<T>) -> Bytes + Send + Sync + 'static,
-    {
-        LongPoll {
-            broadcaster,
-            config: PollConfig::default(),
-            content_type: APPLICATION_JSON,
-            bodies: Arc::new(Bodies {
-                encode: Box::new(encode),
-                recent: Mutex::new(VecDeque::with_capacity(KEPT_BODIES)),
-            }),
-        }
-    }
-
-    /// Uses `config` for timeouts and `Retry-After`.
-    #[must_use]
-    pub fn with_config(mut self, config: PollConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Sends `200` bodies with this `Content-Type` instead of
-    /// `application/json`.
-    #[must_use]
-    pub fn with_content_type(mut self, content_type: HeaderValue) -> Self {
-        self.content_type = content_type;
-        self
-    }
-
-    /// The broadcaster this endpoint waits on.
-    pub fn broadcaster(&self) -> &Broadcaster<T> {
-        &self.broadcaster
-    }
-
-    /// The timeouts and `Retry-After` values in use.
-    pub fn config(&self) -> &PollConfig {
-        &self.config
-    }
-
-    /// Parses a request's URI and headers with this endpoint's config (see
-    /// [`PollRequest::from_parts`]).
-    ///
-    /// # Errors
-    ///
-    /// A [`RequestError`]: answer it with [`RequestError::into_response`].
-    pub fn parse(&self, uri: &Uri, headers: &HeaderMap) -> Result<PollRequest, RequestError> {
-        PollRequest::from_parts(uri, headers, &self.config)
-    }
-
-    /// Waits as `request` asks: from its cursor, for at most its timeout.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: dropping the future (the client went away) unregisters
-    /// the waiter at once.
-    pub fn wait(&self, request: &PollRequest) -> WaitTimeout<'_, T> {
-        self.broadcaster
-            .wait_timeout(request.cursor(), request.timeout())
-    }
-
-    /// Parses, waits and answers: the whole endpoint in one call.
-    ///
-    /// Never fails: a malformed request gets its `400` here. The method is
-    /// not checked; route only `GET` (and `HEAD`) to it.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe, as [`wait`](Self::wait).
-    ///
-    /// # Panics
-    ///
-    /// When called outside a tokio runtime with timers enabled.
-    pub async fn handle(&self, uri: &Uri, headers: &HeaderMap) -> Response<Bytes> {
-        let request = match self.parse(uri, headers) {
-            Ok(request) => request,
-            Err(e) => return e.into_response(),
-        };
-        let answer = self.wait(&request).await;
-        self.respond(&request, answer)
-    }
-
-    /// The response to `request` once its wait ended with `answer` (see the
-    /// table in the [module docs](self)).
-    pub fn respond(
-        &self,
-        request: &PollRequest,
-        answer: Result<Changed<T>, WaitError>,
-    ) -> Response<Bytes> {
-        match answer {
-            Ok(changed) => self.update_response(changed.latest()),
-            Err(WaitError::TimedOut) if request.names_cursor() => {
-                let mut resp = Response::new(Bytes::new());
-                *resp.status_mut() = StatusCode::NO_CONTENT;
-                resp.headers_mut().insert(CACHE_CONTROL, NO_STORE);
-                resp
-            }
-            Err(WaitError::TimedOut) => self.update_response(&self.broadcaster.current()),
-            Err(WaitError::Closed) => unavailable(
-                "the server is shutting down; retry later",
-                self.config.get_closed_retry_after(),
-            ),
-            Err(WaitError::Full { .. }) => unavailable(
-                "too many requests are waiting; retry later",
-                self.config.get_full_retry_after(),
-            ),
-        }
-    }
-
-    /// `200` with `update`'s body, `ETag`, `Content-Type` and
-    /// `Cache-Control: no-store`: the answer to a poll that `update` ends.
-    pub fn update_response(&self, update: &Update<T>) -> Response<Bytes> {
-        let mut resp = Response::new(self.body(update));
-        let headers = resp.headers_mut();
-        headers.insert(CONTENT_TYPE, self.content_type.clone());
-        headers.insert(CACHE_CONTROL, NO_STORE);
-        headers.insert(ETAG, etag(update.epoch(), update.version()));
-        resp
-    }
-
-    /// The encoded body of `update`: encoded on the first call for its
-    /// `(epoch, version)`, then shared.
-    ///
-    /// ```
-    /// use bytes::Bytes;
-    /// use longpoll::{http::LongPoll, Broadcaster};
-    /// use std::sync::atomic::{AtomicUsize, Ordering};
-    /// use std::sync::Arc;
-    ///
-    /// let encoded = Arc::new(AtomicUsize::new(0));
-    /// let poll = LongPoll::new(Broadcaster::new(7), {
-    ///     let encoded = Arc::clone(&encoded);
-    ///     move |u| {
-    ///         encoded.fetch_add(1, Ordering::Relaxed);
-    ///         Bytes::from(u.value().to_string())
-    ///     }
-    /// });
-    /// let current = poll.broadcaster().current();
-    /// let a = poll.body(&current);
-    /// let b = poll.body(&current);
-    /// assert_eq!(a, "7");
-    /// assert_eq!(a.as_ptr(), b.as_ptr()); // the same bytes, not a copy
-    /// assert_eq!(encoded.load(Ordering::Relaxed), 1);
-    /// ```
-    pub fn body(&self, update: &Update<T>) -> Bytes {
-        let key = (update.epoch(), update.version());
-        let mut recent = self.bodies.recent.lock();
-        if let Some((_, _, body)) = recent.iter().rev().find(|(e, v, _)| (*e, *v) == key) {
-            return body.clone();
-        }
-        // Encoded under the lock: the waiters woken with this version wait
-        // here for the one encoding instead of each making their own.
-        let body = (self.bodies.encode)(update);
-        if recent.len() >= KEPT_BODIES {
-            recent.pop_front();
-        }
-        recent.push_back((key.0, key.1, body.clone()));
-        body
-    }
-}
-
-impl<T> Clone for LongPoll<T> {
-    fn clone(&self) -> Self {
-        LongPoll {
-            broadcaster: self.broadcaster.clone(),
-            config: self.config,
-            content_type: self.content_type.clone(),
-            bodies: Arc::clone(&self.bodies),
-        }
-    }
-}
-
-impl<T> fmt::Debug for LongPoll<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LongPoll")
-            .field("broadcaster", &self.broadcaster)
-            .field("config", &self.config)
-            .field("content_type", &self.content_type)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A response with a JSON body `{"error": message}`, `Content-Type:
-/// application/json` and `Cache-Control: no-store`.
-///
-/// ```
-/// use http::StatusCode;
-/// use longpoll::http::error_response;
-///
-/// let resp = error_response(StatusCode::CONFLICT, "sold \"out\"");
-/// assert_eq!(resp.status(), StatusCode::CONFLICT);
-/// assert_eq!(resp.body(), r#"{"error":"sold \"out\""}"#);
-/// ```
-pub fn error_response(status: StatusCode, message: &str) -> Response<Bytes> {
-    let mut resp = Response::new(Bytes::from(error_body(message)));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(CONTENT_TYPE, APPLICATION_JSON);
-    headers.insert(CACHE_CONTROL, NO_STORE);
-    resp
-}
-
-/// `{"error": message}` as JSON text.
-fn error_body(message: &str) -> String {
-    let mut out = String::with_capacity(message.len() + 12);
-    out.push_str(r#"{"error":""#);
-    for c in message.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push_str("\"}");
-    out
-}
-
-/// `503` with `Retry-After` in whole seconds (rounded up, at least 1).
-fn unavailable(message: &str, retry_after: Duration) -> Response<Bytes> {
-    let secs = retry_after
-        .as_secs()
-        .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
-        .max(1);
-    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, message);
-    resp.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(secs));
-    resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_bodies_escape_quotes_backslashes_and_controls() {
-        assert_eq!(error_body("a\"b\\c\nd"), r#"{"error":"a\"b\\c\u000ad"}"#);
-    }
-
-    #[test]
-    fn retry_after_rounds_up_to_whole_seconds() {
-        let header = |d| unavailable("x", d).headers()[RETRY_AFTER].clone();
-        assert_eq!(header(Duration::from_millis(1500)), "2");
-        assert_eq!(header(Duration::ZERO), "1");
-        assert_eq!(header(Duration::from_secs(1)), "1");
-    }
-}
+pub(crate) use answer::{is_get_or_head, method_not_allowed, unavailable};

@@ -7,6 +7,7 @@ use ::http::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
 use ::http::Uri;
 
 use super::form::{percent_decode, raw_pairs};
+use super::if_none_match::IfNoneMatch;
 use crate::{Cursor, Epoch, Version};
 
 /// What a long-poll endpoint accepts and how it answers when it cannot wait:
@@ -103,32 +104,34 @@ impl PollConfig {
     }
 }
 
+/// The longest `epoch` accepted, in bytes once percent-decoded: a longer
+/// one is a `400` ([`RequestError::EpochTooLong`]). Any shorter value that
+/// is not this server's epoch is foreign, never an error.
+pub const MAX_EPOCH_LEN: usize = 64;
+
 /// A long-poll request that cannot be served as sent: answer `400` with
 /// [`into_response`](RequestError::into_response).
 ///
 /// The message names the parameter and the accepted form, so that the
-/// person reading the `400` can fix the request.
+/// person reading the `400` can fix the request. A cursor the server did
+/// not issue is never an error (see [`PollRequest::is_foreign`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
     /// `since` is not an unsigned 64-bit decimal integer.
     #[error("`since` must be an unsigned 64-bit decimal integer")]
     InvalidSince,
-    /// `epoch` is not 1 to 16 hex digits, or is all zeros.
-    #[error("`epoch` must be 1 to 16 hex digits, not all zero")]
-    InvalidEpoch,
+    /// `epoch` is longer than [`MAX_EPOCH_LEN`] bytes.
+    #[error("`epoch` must be at most {max} bytes", max = MAX_EPOCH_LEN)]
+    EpochTooLong,
     /// `timeout` is not a decimal number of seconds in `0..=max`.
     #[error("`timeout` must be a decimal number of seconds from 0 to {}", .max.as_secs_f64())]
     InvalidTimeout {
         /// The longest timeout accepted.
         max: Duration,
     },
-    /// `If-None-Match` is not exactly one ETag of the form `"<epoch>-<version>"`.
-    #[error(
-        "`If-None-Match` must be one ETag from this server, of the form \"<epoch>-<version>\""
-    )]
-    InvalidIfNoneMatch,
-    /// A parameter appears twice in the query, so which one counts is unclear.
+    /// `since` or `timeout` appears twice in the query, so which one counts
+    /// is unclear.
     #[error("query parameter `{name}` appears more than once")]
     DuplicateParameter {
         /// The repeated parameter.
@@ -144,8 +147,30 @@ impl RequestError {
 
     /// `400` with `{"error": "<this error's message>"}`.
     pub fn into_response(self) -> ::http::Response<bytes::Bytes> {
-        super::error_response(self.status(), &self.to_string())
+        super::answer::error_response(self.status(), &self.to_string())
     }
+}
+
+/// Where a poll starts, as far as the request alone can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Start {
+    /// A cursor the broadcaster's rules answer (possibly another epoch).
+    Cursor(Cursor),
+    /// An epoch that is no [`Epoch`] at all (another format, another
+    /// deployment), or an `If-None-Match` list with no tag of ours.
+    Foreign,
+    /// An `If-None-Match` list of several tags of ours: which one counts
+    /// depends on the current state.
+    Tags(Box<[Cursor]>),
+}
+
+/// Where a poll stands once compared with the broadcaster's current state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// Wait from this cursor (answered at once if it is not current).
+    At(Cursor),
+    /// Answer at once with the current state, as for another epoch.
+    Foreign,
 }
 
 /// One long poll as the client asked for it: where it stands, how long it
@@ -167,11 +192,15 @@ impl RequestError {
 /// let req = PollRequest::parse(Some("session=abc"), None, &config)?;
 /// assert!(!req.names_cursor());
 /// assert_eq!(req.timeout(), Duration::from_secs(30));
+///
+/// // A cursor from another deployment, in another format: foreign, not an error.
+/// let req = PollRequest::parse(Some("since=7&epoch=v2:eu-west"), None, &config)?;
+/// assert!(req.is_foreign());
 /// # Ok::<(), longpoll::http::RequestError>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PollRequest {
-    cursor: Cursor,
+    start: Start,
     timeout: Duration,
     names_cursor: bool,
 }
@@ -181,9 +210,19 @@ impl PollRequest {
     /// whether the client sent a cursor (see [`names_cursor`](Self::names_cursor)).
     pub fn new(cursor: Cursor, timeout: Duration, names_cursor: bool) -> Self {
         PollRequest {
-            cursor,
+            start: Start::Cursor(cursor),
             timeout,
             names_cursor,
+        }
+    }
+
+    /// A request whose cursor is foreign (see [`is_foreign`](Self::is_foreign)),
+    /// held at most `timeout` (it never is: it is answered at once).
+    pub fn foreign(timeout: Duration) -> Self {
+        PollRequest {
+            start: Start::Foreign,
+            timeout,
+            names_cursor: true,
         }
     }
 
@@ -191,19 +230,26 @@ impl PollRequest {
     /// header's value.
     ///
     /// * `since`: the last version seen (decimal `u64`);
-    /// * `epoch`: the epoch it came from (hex);
+    /// * `epoch`: the sequence it came from. This server's epochs are hex
+    ///   ([`Epoch`]); any other value of at most [`MAX_EPOCH_LEN`] bytes
+    ///   (another format, another deployment, repeated) is *foreign*: the
+    ///   poll is answered at once with the current state, whatever `since`
+    ///   says;
     /// * `timeout`: seconds to hold, decimal allowed, `0..=max`; absent means
     ///   the configured default;
-    /// * `If-None-Match: "<epoch>-<version>"`: the ETag of an earlier answer,
-    ///   used when the query has no `since` (the query wins).
+    /// * `If-None-Match` (RFC 9110): `*` or a list of entity tags, used when
+    ///   the query has no `since` (the query wins). A list that holds the
+    ///   current ETag is held; a list of other tags only is answered at
+    ///   once; `*` is held as for the current cursor. A value that does not
+    ///   parse is ignored, as if absent.
     ///
     /// Names and values are percent-decoded; unknown parameters are ignored,
     /// even if they do not decode. This function never panics.
     ///
     /// # Errors
     ///
-    /// A [`RequestError`] for a malformed `since`, `epoch`, `timeout` or
-    /// `If-None-Match`, or a repeated `since`, `epoch` or `timeout`.
+    /// A [`RequestError`] for a malformed `since` or `timeout`, an `epoch`
+    /// over [`MAX_EPOCH_LEN`] bytes, or a repeated `since` or `timeout`.
     pub fn parse(
         query: Option<&str>,
         if_none_match: Option<&[u8]>,
@@ -211,6 +257,7 @@ impl PollRequest {
     ) -> Result<Self, RequestError> {
         let mut since = None;
         let mut epoch = None;
+        let mut epochs = 0usize;
         let mut timeout = None;
         for (name, value) in raw_pairs(query.unwrap_or("").as_bytes()) {
             // An undecodable name is not one of ours: ignore it.
@@ -219,8 +266,13 @@ impl PollRequest {
             };
             let (slot, name): (&mut Option<&[u8]>, &'static str) = match name.as_str() {
                 "since" => (&mut since, "since"),
-                "epoch" => (&mut epoch, "epoch"),
                 "timeout" => (&mut timeout, "timeout"),
+                "epoch" => {
+                    check_epoch_len(value)?;
+                    epochs += 1;
+                    epoch = Some(value);
+                    continue;
+                }
                 _ => continue,
             };
             if slot.replace(value).is_some() {
@@ -228,46 +280,63 @@ impl PollRequest {
             }
         }
 
-        let decoded = |raw: &[u8], err| percent_decode(raw).map_err(|_| err);
         let since = since
             .map(|raw| {
-                decoded(raw, RequestError::InvalidSince)?
-                    .parse::<Version>()
-                    .map_err(|_| RequestError::InvalidSince)
-            })
-            .transpose()?;
-        let epoch = epoch
-            .map(|raw| {
-                decoded(raw, RequestError::InvalidEpoch)?
-                    .parse::<Epoch>()
-                    .map_err(|_| RequestError::InvalidEpoch)
+                percent_decode(raw)
+                    .ok()
+                    .and_then(|s| s.parse::<Version>().ok())
+                    .ok_or(RequestError::InvalidSince)
             })
             .transpose()?;
         let max = config.get_max_timeout();
         let timeout = match timeout {
-            Some(raw) => parse_timeout(&decoded(raw, RequestError::InvalidTimeout { max })?, max)?,
+            Some(raw) => {
+                let raw = percent_decode(raw).map_err(|_| RequestError::InvalidTimeout { max })?;
+                parse_timeout(&raw, max)?
+            }
             None => config.get_default_timeout(),
         };
-
-        let cursor = match (since, if_none_match) {
-            (Some(version), _) => Cursor::new(Some(version), epoch),
-            (None, Some(etag)) => parse_if_none_match(etag)?,
-            (None, None) => Cursor::new(None, epoch),
+        // `None`: no epoch; `Some(None)`: a foreign one.
+        let epoch: Option<Option<Epoch>> = epoch.map(|raw| {
+            let ours = percent_decode(raw)
+                .ok()
+                .and_then(|s| s.parse::<Epoch>().ok());
+            // Two epochs: which one counts is unclear, and neither is to be
+            // trusted.
+            ours.filter(|_| epochs == 1)
+        });
+        let inm = match since {
+            Some(_) => None,
+            None => if_none_match.and_then(IfNoneMatch::parse),
         };
-        let names_cursor = since.is_some() || epoch.is_some() || if_none_match.is_some();
+        let names_cursor = since.is_some() || epoch.is_some() || inm.is_some();
+        let start = match (since, epoch, inm) {
+            (_, Some(None), None) => Start::Foreign,
+            (Some(version), epoch, _) => Start::Cursor(Cursor::new(Some(version), epoch.flatten())),
+            (None, _, Some(inm)) if inm.is_any() => Start::Cursor(Cursor::NEXT),
+            (None, _, Some(inm)) => {
+                let mut ours = inm.into_cursors();
+                match ours.len() {
+                    0 => Start::Foreign,
+                    1 => Start::Cursor(ours.pop().expect("one tag")),
+                    _ => Start::Tags(ours.into_boxed_slice()),
+                }
+            }
+            (None, epoch, None) => Start::Cursor(Cursor::new(None, epoch.flatten())),
+        };
         Ok(PollRequest {
-            cursor,
+            start,
             timeout,
             names_cursor,
         })
     }
 
-    /// [`parse`](Self::parse) on a request's URI and headers.
+    /// [`parse`](Self::parse) on a request's URI and headers. Several
+    /// `If-None-Match` headers count as one list, as RFC 9110 says.
     ///
     /// # Errors
     ///
-    /// As [`parse`](Self::parse); also [`RequestError::InvalidIfNoneMatch`]
-    /// when the request has more than one `If-None-Match` header.
+    /// As [`parse`](Self::parse).
     ///
     /// ```
     /// use http::Request;
@@ -288,15 +357,43 @@ impl PollRequest {
     ) -> Result<Self, RequestError> {
         let mut inm = headers.get_all(IF_NONE_MATCH).iter();
         let first = inm.next();
-        if inm.next().is_some() {
-            return Err(RequestError::InvalidIfNoneMatch);
+        match inm.next() {
+            None => Self::parse(uri.query(), first.map(HeaderValue::as_bytes), config),
+            Some(second) => {
+                let mut joined = Vec::new();
+                for v in first.into_iter().chain([second]).chain(inm) {
+                    if !joined.is_empty() {
+                        joined.push(b',');
+                    }
+                    joined.extend_from_slice(v.as_bytes());
+                }
+                Self::parse(uri.query(), Some(&joined), config)
+            }
         }
-        Self::parse(uri.query(), first.map(HeaderValue::as_bytes), config)
     }
 
-    /// Where the client stands. [`Cursor::NEXT`] if it named no version.
+    /// Where the client stands. [`Cursor::NEXT`] if it named no version, or
+    /// if its cursor is foreign ([`is_foreign`](Self::is_foreign)). For an
+    /// `If-None-Match` list of several of this server's tags, the first;
+    /// [`LongPoll`](super::LongPoll) compares every listed tag with the
+    /// current state.
     pub fn cursor(&self) -> Cursor {
-        self.cursor
+        match &self.start {
+            Start::Cursor(c) => *c,
+            Start::Foreign => Cursor::NEXT,
+            Start::Tags(tags) => tags[0],
+        }
+    }
+
+    /// Whether the client's cursor comes from a sequence this server cannot
+    /// even name: an `epoch` that is not a hex [`Epoch`] (another format,
+    /// another deployment), or an `If-None-Match` with no tag of this
+    /// server's form. [`LongPoll`](super::LongPoll) answers such a poll at
+    /// once with the current state, flagged
+    /// [`Resync::OtherEpoch`](crate::Resync::OtherEpoch), exactly as it
+    /// answers a hex epoch that is not the current one.
+    pub fn is_foreign(&self) -> bool {
+        matches!(self.start, Start::Foreign)
     }
 
     /// How long to hold the request before answering `204`.
@@ -304,7 +401,8 @@ impl PollRequest {
         self.timeout
     }
 
-    /// Whether the client sent `since`, `epoch` or `If-None-Match`.
+    /// Whether the client sent `since`, `epoch` or an `If-None-Match` that
+    /// parses.
     ///
     /// A client that sent none of them (the original jQuery demo) reads every
     /// answer as data, so on timeout it gets `200` with the current state
@@ -312,6 +410,45 @@ impl PollRequest {
     pub fn names_cursor(&self) -> bool {
         self.names_cursor
     }
+
+    /// Where this poll stands against the current `(epoch, version)`,
+    /// which is read only if the answer depends on it.
+    pub(crate) fn position(&self, current: impl FnOnce() -> (Epoch, Version)) -> Position {
+        match &self.start {
+            Start::Cursor(c) => Position::At(*c),
+            Start::Foreign => Position::Foreign,
+            Start::Tags(tags) => {
+                let (epoch, version) = current();
+                Position::At(pick_tag(tags, epoch, version))
+            }
+        }
+    }
+}
+
+/// The cursor of an `If-None-Match` list of our tags that answers best:
+/// the current one if listed (held); else the newest of the current epoch
+/// not ahead of it (every update since, at once); else any (answered at
+/// once as ahead or from another epoch).
+fn pick_tag(tags: &[Cursor], epoch: Epoch, version: Version) -> Cursor {
+    let current = Cursor::at(version).with_epoch(epoch);
+    if tags.contains(&current) {
+        return current;
+    }
+    tags.iter()
+        .filter(|c| c.epoch() == Some(epoch) && c.version() <= Some(version))
+        .max_by_key(|c| c.version())
+        .copied()
+        .unwrap_or(tags[0])
+}
+
+/// `epoch` over [`MAX_EPOCH_LEN`] bytes once decoded (an undecodable value
+/// counts its raw bytes).
+fn check_epoch_len(raw: &[u8]) -> Result<(), RequestError> {
+    let len = percent_decode(raw).map_or(raw.len(), |s| s.len());
+    if len > MAX_EPOCH_LEN {
+        return Err(RequestError::EpochTooLong);
+    }
+    Ok(())
 }
 
 /// Parses a `timeout`: decimal seconds such as `30`, `2.5` or `.25`, from 0
@@ -369,53 +506,6 @@ pub fn parse_timeout(s: &str, max: Duration) -> Result<Duration, RequestError> {
     Ok(timeout)
 }
 
-/// The ETag of a version: `"<epoch>-<version>"`, epoch in 16 hex digits.
-///
-/// ```
-/// use longpoll::http::etag;
-/// use longpoll::{Epoch, Version};
-///
-/// let tag = etag(Epoch::new(255).unwrap(), Version::new(7));
-/// assert_eq!(tag, "\"00000000000000ff-7\"");
-/// ```
-pub fn etag(epoch: Epoch, version: Version) -> HeaderValue {
-    HeaderValue::try_from(format!("\"{epoch}-{version}\""))
-        .expect("hex digits, a dash and decimal digits are valid header characters")
-}
-
-/// Parses an `If-None-Match` value that carries one of our [`etag`]s into the
-/// cursor it stands for. A weak tag (`W/"..."`) is accepted too.
-///
-/// # Errors
-///
-/// [`RequestError::InvalidIfNoneMatch`] for `*`, a list of several tags, or a
-/// tag that is not `"<epoch>-<version>"`.
-///
-/// ```
-/// use longpoll::http::parse_if_none_match;
-/// use longpoll::{Cursor, Epoch, Version};
-///
-/// let cursor = parse_if_none_match(b" W/\"00000000000000ff-7\" ")?;
-/// assert_eq!(cursor, Cursor::new(Some(Version::new(7)), Epoch::new(255)));
-/// assert!(parse_if_none_match(b"*").is_err());
-/// assert!(parse_if_none_match(b"\"ff-7\", \"ff-8\"").is_err());
-/// # Ok::<(), longpoll::http::RequestError>(())
-/// ```
-pub fn parse_if_none_match(value: &[u8]) -> Result<Cursor, RequestError> {
-    let err = RequestError::InvalidIfNoneMatch;
-    let tag = value.trim_ascii();
-    let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
-    let inner = tag
-        .strip_prefix(b"\"")
-        .and_then(|t| t.strip_suffix(b"\""))
-        .ok_or(err)?;
-    let inner = std::str::from_utf8(inner).map_err(|_| err)?;
-    let (epoch, version) = inner.split_once('-').ok_or(err)?;
-    let epoch = epoch.parse::<Epoch>().map_err(|_| err)?;
-    let version = version.parse::<Version>().map_err(|_| err)?;
-    Ok(Cursor::new(Some(version), Some(epoch)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,10 +532,20 @@ mod tests {
         let config = PollConfig::new();
         let req = PollRequest::parse(Some("since=3"), Some(b"garbage"), &config).unwrap();
         assert_eq!(req.cursor(), Cursor::at(Version::new(3)));
-        // Without `since`, the header is parsed and must be valid.
-        assert_eq!(
-            PollRequest::parse(Some("epoch=1"), Some(b"garbage"), &config),
-            Err(RequestError::InvalidIfNoneMatch)
-        );
+        // Without `since`, an unparsable header is ignored, as if absent.
+        let req = PollRequest::parse(Some("timeout=1"), Some(b"garbage"), &config).unwrap();
+        assert_eq!(req.cursor(), Cursor::NEXT);
+        assert!(!req.names_cursor());
+    }
+
+    #[test]
+    fn a_list_of_tags_picks_the_current_then_the_newest_behind() {
+        let e = Epoch::new(5).unwrap();
+        let o = Epoch::new(6).unwrap();
+        let at = |v, e| Cursor::at(Version::new(v)).with_epoch(e);
+        let tags = [at(9, o), at(3, e), at(5, e), at(8, e)];
+        assert_eq!(pick_tag(&tags, e, Version::new(5)), at(5, e));
+        assert_eq!(pick_tag(&tags, e, Version::new(7)), at(5, e));
+        assert_eq!(pick_tag(&tags, e, Version::new(2)), at(9, o));
     }
 }

@@ -7,7 +7,9 @@
 //! For any input: no panic; an error is a `400` whose body is
 //! `{"error": "<the error's message>"}`; an accepted value is within its
 //! bounds and survives a round trip through the form this server writes it
-//! in (ETag, event id, query, percent-encoding).
+//! in (ETag, event id, query, percent-encoding). A cursor is never an error
+//! for its content: a foreign epoch or tag is foreign, an unparsable
+//! `If-None-Match` is ignored, and an event stream's cursor never fails.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -15,10 +17,11 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
 use http::{StatusCode, Uri};
 use longpoll::http::{
-    etag, media_type_is, parse_if_none_match, parse_timeout, percent_decode, Form, FormError,
-    PollConfig, PollRequest, RequestError,
+    etag, media_type_is, parse_timeout, percent_decode, Form, FormError, IfNoneMatch,
+    KeyedPollConfig, KeyedRequest, KeyedRequestError, PollConfig, PollRequest, RequestError,
+    MAX_CURSOR_LEN, MAX_EPOCH_LEN,
 };
-use longpoll::sse::{self, Sse};
+use longpoll::sse;
 use longpoll::{Cursor, Epoch, Version};
 
 /// The longest `timeout` of the default [`PollConfig`].
@@ -193,24 +196,50 @@ pub(crate) fn check_timeout_round_trip(d: Duration) {
     }
 }
 
-/// `parse_if_none_match` gives a cursor with both parts, which written as
-/// our ETag parses back the same; or a `400`.
+/// `IfNoneMatch::parse`: `*`, a list whose tags of our form each write
+/// back (as our ETag, strong or weak) to a header that matches them, or
+/// nothing (ignored). Never an error: the same value in a poll request
+/// changes nothing about whether the query is refused.
 pub(crate) fn check_if_none_match(value: &[u8]) {
-    match parse_if_none_match(value) {
-        Ok(cursor) => {
-            let version = cursor.version().expect("an ETag names a version");
-            let epoch = cursor.epoch().expect("an ETag names an epoch");
-            assert_eq!(
-                parse_if_none_match(etag(epoch, version).as_bytes()),
-                Ok(cursor)
-            );
+    match IfNoneMatch::parse(value) {
+        Some(inm) if inm.is_any() => {
+            assert_eq!(value.trim_ascii(), b"*");
+            assert!(value.iter().all(|&b| b == b'*' || b == b' ' || b == b'\t'));
+            assert!(inm.is_empty());
         }
-        Err(e) => assert_bad_request(e),
+        Some(inm) => {
+            assert!(!inm.is_empty());
+            assert!(inm.cursors().count() <= inm.len());
+            assert!(value.contains(&b'"'), "a list of tags has quotes");
+            for cursor in inm.cursors() {
+                let (version, epoch) = (cursor.version().unwrap(), cursor.epoch().unwrap());
+                assert!(inm.matches(epoch, version));
+                let tag = etag(epoch, version);
+                let back = IfNoneMatch::parse(tag.as_bytes()).expect("our ETag parses");
+                assert_eq!(back.cursors().collect::<Vec<_>>(), [cursor]);
+                let weak = format!("W/{}", tag.to_str().unwrap());
+                assert!(IfNoneMatch::parse(weak.as_bytes())
+                    .unwrap()
+                    .matches(epoch, version));
+            }
+        }
+        None => {
+            let ows = |b: &u8| *b == b' ' || *b == b'\t';
+            let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+            let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+            assert_ne!(&value[start..end.max(start)], b"*");
+        }
     }
+    let config = PollConfig::new();
+    assert_eq!(
+        PollRequest::parse(Some("timeout=1"), Some(value), &config).map(|r| r.timeout()),
+        Ok(Duration::from_secs(1)),
+        "If-None-Match is never a 400"
+    );
 }
 
 /// A cursor written the ways this server writes it (ETag, weak ETag, query,
-/// event id) parses back to itself everywhere.
+/// event id, multi-key cursor) parses back to itself everywhere.
 pub(crate) fn check_cursor_round_trip(version: u64, epoch: u64) {
     let Some(epoch) = Epoch::new(epoch) else {
         return;
@@ -220,9 +249,10 @@ pub(crate) fn check_cursor_round_trip(version: u64, epoch: u64) {
     let config = PollConfig::new();
 
     let tag = etag(epoch, version);
-    assert_eq!(parse_if_none_match(tag.as_bytes()), Ok(cursor));
+    let ours = |v: &[u8]| IfNoneMatch::parse(v).unwrap().cursors().collect::<Vec<_>>();
+    assert_eq!(ours(tag.as_bytes()), [cursor]);
     let weak = format!(" W/{} ", tag.to_str().unwrap());
-    assert_eq!(parse_if_none_match(weak.as_bytes()), Ok(cursor));
+    assert_eq!(ours(weak.as_bytes()), [cursor]);
     let by_header = PollRequest::parse(None, Some(tag.as_bytes()), &config).unwrap();
     assert_eq!(by_header.cursor(), cursor);
     assert!(by_header.names_cursor());
@@ -230,29 +260,45 @@ pub(crate) fn check_cursor_round_trip(version: u64, epoch: u64) {
     let query = format!("since={version}&epoch={epoch}&session=x");
     let by_query = PollRequest::parse(Some(&query), None, &config).unwrap();
     assert_eq!(by_query.cursor(), cursor);
+    assert!(!by_query.is_foreign());
     assert_eq!(by_query.timeout(), config.get_default_timeout());
 
     let id = sse::event_id(epoch, version);
     assert_eq!(sse::parse_event_id(&id), Some(cursor));
+    let keyed = KeyedRequest::parse(
+        Some(&format!("keys=a&cursors={id}")),
+        &KeyedPollConfig::new(),
+    )
+    .unwrap();
+    assert_eq!(keyed.cursor(0), Some(cursor));
 }
 
 /// `PollRequest::parse` on any query and `If-None-Match`: a request within
-/// the bounds, or a `400`. The same query in a URI, with the header in a
-/// header map, gives the same answer through `from_parts`.
+/// the bounds, or a `400` that the query alone explains (the header never
+/// causes one). A foreign request names a cursor. The same query in a URI,
+/// with the header in a header map, gives the same answer through
+/// `from_parts`.
 pub(crate) fn check_poll_request(query: &str, if_none_match: Option<&[u8]>) {
     let config = PollConfig::new();
     let parsed = PollRequest::parse(Some(query), if_none_match, &config);
-    match parsed {
+    let query_alone = PollRequest::parse(Some(query), None, &config);
+    assert_eq!(parsed.as_ref().err(), query_alone.as_ref().err());
+    match &parsed {
         Ok(req) => {
             assert!(req.timeout() <= config.get_max_timeout());
-            if if_none_match.is_some() {
+            if if_none_match.and_then(IfNoneMatch::parse).is_some() {
                 assert!(req.names_cursor());
             }
-            if req.cursor().version().is_some() {
+            if req.cursor().version().is_some() || req.is_foreign() {
                 assert!(req.names_cursor());
             }
         }
-        Err(e) => assert_bad_request(e),
+        Err(e) => {
+            if *e == RequestError::EpochTooLong {
+                assert!(query.len() > MAX_EPOCH_LEN);
+            }
+            assert_bad_request(*e);
+        }
     }
     let Ok(uri) = format!("/status?{query}").parse::<Uri>() else {
         return;
@@ -267,6 +313,36 @@ pub(crate) fn check_poll_request(query: &str, if_none_match: Option<&[u8]>) {
     let through_parts = PollRequest::from_parts(&uri, &headers, &config);
     let direct = PollRequest::parse(uri.query(), if_none_match, &config);
     assert_eq!(through_parts, direct);
+}
+
+/// `KeyedRequest::parse` on any query: within the limits, each key 1 to
+/// `max_key_len` bytes and listed once, or a `400`; a cursor over the
+/// length limit is the only cursor error.
+pub(crate) fn check_keyed_request(query: &str) {
+    let config = KeyedPollConfig::new().max_keys(4).max_key_len(8);
+    match KeyedRequest::parse(Some(query), &config) {
+        Ok(req) => {
+            assert!((1..=4).contains(&req.len()));
+            let keys: Vec<&str> = req.keys().collect();
+            for (i, k) in keys.iter().enumerate() {
+                assert!((1..=8).contains(&k.len()) && !k.contains(','));
+                assert!(!keys[..i].contains(k), "{k} twice");
+                if let Some(c) = req.cursor(i) {
+                    assert!(c.version().is_some() && c.epoch().is_some());
+                    assert!(!req.is_foreign(i));
+                }
+            }
+            assert!(req.timeout() <= config.get_poll().get_max_timeout());
+        }
+        Err(e) => {
+            if e == KeyedRequestError::CursorTooLong {
+                assert!(query.len() > MAX_CURSOR_LEN);
+            }
+            let message = e.to_string();
+            let resp = e.into_response();
+            assert_400_json(resp.status(), resp.body(), &message);
+        }
+    }
 }
 
 /// `media_type_is` ignores parameters, ASCII case and surrounding space,
@@ -296,7 +372,8 @@ pub(crate) fn check_media_type(content_type: &[u8], expected: &str) {
 }
 
 /// A `Last-Event-ID` header (with any query): a cursor naming both parts,
-/// no cursor, or a `400`; an id that parses is written back the same.
+/// or none (from scratch), never an error; an id that parses is written
+/// back the same.
 pub(crate) fn check_last_event_id(id: &[u8], query: &str) {
     if let Ok(text) = std::str::from_utf8(id) {
         if let Some(cursor) = sse::parse_event_id(text) {
@@ -315,13 +392,7 @@ pub(crate) fn check_last_event_id(id: &[u8], query: &str) {
     };
     let mut headers = HeaderMap::new();
     headers.insert("last-event-id", value);
-    match Sse::<()>::cursor(&uri, &headers) {
-        Ok(Some(cursor)) => assert!(cursor.version().is_some()),
-        Ok(None) => {}
-        Err(e) => {
-            let message = e.to_string();
-            let resp = e.into_response();
-            assert_400_json(resp.status(), resp.body(), &message);
-        }
+    if let Some(cursor) = sse::parse_cursor(&uri, &headers) {
+        assert!(cursor.version().is_some());
     }
 }
