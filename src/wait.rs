@@ -24,7 +24,11 @@ enum Phase {
 
 /// One waiter's state: its cursor and, once registered, its slot. 24 bytes.
 pub(crate) struct WaitState {
+    /// The cursor's version; registered at `since - ahead`.
     since: Version,
+    /// How far the cursor was ahead of the version it registered at (see
+    /// `Shared::hold_ahead`); 0 for every other wait.
+    ahead: u8,
     /// `None` until registration for a cursor that named no epoch.
     epoch: Option<Epoch>,
     idx: u32,
@@ -48,6 +52,7 @@ impl WaitState {
         };
         WaitState {
             since,
+            ahead: 0,
             epoch,
             idx: 0,
             era: 0,
@@ -58,6 +63,7 @@ impl WaitState {
     fn after(changed: &Changed<impl Sized>) -> Self {
         WaitState {
             since: changed.version(),
+            ahead: 0,
             epoch: Some(changed.epoch()),
             idx: 0,
             era: 0,
@@ -71,6 +77,11 @@ impl WaitState {
 
     pub(crate) fn epoch(&self) -> Option<Epoch> {
         self.epoch
+    }
+
+    /// The version whose waiter list holds this waiter.
+    fn at(&self) -> Version {
+        Version::new(self.since.get() - u64::from(self.ahead))
     }
 
     /// A `Registration` for a callback registered at this cursor in `inner`.
@@ -115,11 +126,13 @@ impl WaitState {
                     // happened before (and the check sees it) or will take our
                     // slot (and wake us).
                     let mut inner = shared.inner.lock();
-                    if inner.closed {
+                    if inner.refuses_waits() {
                         drop(inner);
                         return self.finish(Err(WaitError::Closed));
                     }
-                    if let Some(answer) = inner.answer(self.since, self.epoch) {
+                    if let Some(answer) =
+                        inner.answer_or_hold(self.since, self.epoch, shared.hold_ahead)
+                    {
                         drop(inner);
                         return self.finish(Ok(answer));
                     }
@@ -130,6 +143,8 @@ impl WaitState {
                         }));
                     }
                     self.idx = inner.waiters.insert_waker(waker);
+                    // Below `hold_ahead` (a `u8`) when held ahead, else 0.
+                    self.ahead = (self.since.get() - inner.current().version.get()) as u8;
                     self.epoch = Some(inner.current().epoch);
                     self.era = inner.era;
                     self.phase = Phase::Registered;
@@ -137,15 +152,16 @@ impl WaitState {
                 }
                 Phase::Registered => {
                     let mut inner = shared.inner.lock();
-                    if inner.closed {
+                    if inner.refuses_waits() {
                         drop(inner);
                         return self.finish(Err(WaitError::Closed));
                     }
-                    if !inner.holds(self.since, self.epoch, self.era) {
+                    if !inner.holds(self.at(), self.epoch, self.era) {
                         // A publish took our slot: the answer is ready, unless
                         // restarts brought the sequence back to our very
-                        // cursor, in which case we wait again.
-                        match inner.answer(self.since, self.epoch) {
+                        // cursor, or the cursor is held ahead and not reached
+                        // yet, in which case we wait again.
+                        match inner.answer_or_hold(self.since, self.epoch, shared.hold_ahead) {
                             Some(answer) => {
                                 drop(inner);
                                 return self.finish(Ok(answer));
@@ -183,7 +199,7 @@ impl WaitState {
         if self.phase == Phase::Registered {
             self.phase = Phase::Done;
             let mut inner = shared.inner.lock();
-            let waker = if inner.holds(self.since, self.epoch, self.era) {
+            let waker = if inner.holds(self.at(), self.epoch, self.era) {
                 inner.waiters.remove_waker(self.idx)
             } else {
                 None
