@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{MultiplexedConnection, PubSubSink};
-use ::redis::{AsyncConnectionConfig, Client, Script, ScriptInvocation};
+use ::redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, Script, Value};
 use parking_lot::{Mutex, RwLock};
 
 use super::channel::{ChannelBuilder, Relay};
@@ -36,6 +36,7 @@ pub(super) struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        self.core.stopped.store(true, Ordering::Release);
         self.task.abort();
     }
 }
@@ -59,9 +60,46 @@ pub(super) struct Core {
     pub(super) subscription: tokio::sync::Mutex<Option<PubSubSink>>,
     /// Subscribed and caught up.
     pub(super) connected: AtomicBool,
-    pub(super) reconnects: AtomicU64,
+    /// Set when the last handle is gone: retry loops of resyncs stop.
+    pub(super) stopped: AtomicBool,
+    pub(super) stats: Counters,
+    /// Why the subscription last failed, for [`Backplane::last_error`].
+    pub(super) last_error: Mutex<Option<Arc<BackplaneError>>>,
     pub(super) sync_script: Script,
     pub(super) publish_script: Script,
+}
+
+/// The counters behind [`Stats`].
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) reconnects: AtomicU64,
+    pub(super) resyncs: AtomicU64,
+    pub(super) restarts: AtomicU64,
+    pub(super) rejected: AtomicU64,
+    pub(super) channel_failures: AtomicU64,
+    pub(super) healed: AtomicU64,
+}
+
+/// What a [`Backplane`] went through since it connected: for an operator's
+/// dashboard. Every count only rises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Times the subscription was lost (see [`Backplane::reconnects`]).
+    pub reconnects: u64,
+    /// Channel states read again from Redis: after a reconnect, an epoch
+    /// change, a gap, a failed channel, or a periodic check that found this
+    /// instance behind (see [`Builder::check_interval`]).
+    pub resyncs: u64,
+    /// Epoch changes relayed to a local broadcaster: Redis lost a channel's
+    /// data, or came back behind what the instances saw.
+    pub restarts: u64,
+    /// Pub/Sub messages that did not parse, or whose value did not decode.
+    pub rejected: u64,
+    /// Times a channel broke (see [`Channel::failure`]).
+    pub channel_failures: u64,
+    /// Times a broken channel healed.
+    pub healed: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +109,7 @@ pub(super) struct Config {
     pub(super) backoff_min: Duration,
     pub(super) backoff_max: Duration,
     pub(super) ping_interval: Duration,
+    pub(super) check_interval: Duration,
 }
 
 /// Configures a [`Backplane`]: key prefix, timeouts, reconnect backoff.
@@ -148,6 +187,24 @@ impl Builder {
         self
     }
 
+    /// How often the channels that have local waiters (and those that
+    /// failed) are checked against Redis (default 40 s): one `HMGET` per
+    /// channel, pipelined. A channel found behind is read again, so that a
+    /// Pub/Sub message lost without a reconnect delays its waiters by at
+    /// most this long.
+    ///
+    /// # Panics
+    ///
+    /// If `interval` is zero.
+    pub fn check_interval(mut self, interval: Duration) -> Self {
+        assert!(
+            !interval.is_zero(),
+            "longpoll: check interval must not be 0"
+        );
+        self.config.check_interval = interval;
+        self
+    }
+
     /// Connects the command and subscription connections and starts the task
     /// that relays changes to this process.
     ///
@@ -174,7 +231,9 @@ impl Builder {
             channels: RwLock::new(HashMap::new()),
             subscription: tokio::sync::Mutex::new(None),
             connected: AtomicBool::new(false),
-            reconnects: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            stats: Counters::default(),
+            last_error: Mutex::new(None),
             sync_script: Script::new(SYNC_LUA),
             publish_script: Script::new(&publish_body),
         });
@@ -199,6 +258,7 @@ impl Backplane {
                 backoff_min: Duration::from_millis(50),
                 backoff_max: Duration::from_secs(2),
                 ping_interval: Duration::from_secs(5),
+                check_interval: Duration::from_secs(40),
             },
         }
     }
@@ -234,6 +294,7 @@ impl Backplane {
             name: name.to_owned(),
             history: 1,
             max_waiters: None,
+            once_ttl: super::channel::ONCE_TTL,
         }
     }
 
@@ -251,7 +312,28 @@ impl Backplane {
 
     /// How many times the subscription was lost since [`connect`](Self::connect).
     pub fn reconnects(&self) -> u64 {
-        self.shared.core.reconnects.load(Ordering::Relaxed)
+        self.shared.core.stats.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The counters of what this backplane went through (see [`Stats`]).
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.core.stats;
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        Stats {
+            reconnects: get(&c.reconnects),
+            resyncs: get(&c.resyncs),
+            restarts: get(&c.restarts),
+            rejected: get(&c.rejected),
+            channel_failures: get(&c.channel_failures),
+            healed: get(&c.healed),
+        }
+    }
+
+    /// Why the subscription (or the catch-up after it) last failed, if it
+    /// ever did: what an operator looks at while
+    /// [`is_connected`](Self::is_connected) is `false`.
+    pub fn last_error(&self) -> Option<Arc<BackplaneError>> {
+        self.shared.core.last_error.lock().clone()
     }
 }
 
@@ -288,19 +370,87 @@ impl Core {
         Ok(conn)
     }
 
-    /// Runs a script on the command connection; drops the connection if it
-    /// failed, so that the next call opens a new one.
-    pub(super) async fn invoke<R: ::redis::FromRedisValue>(
+    /// Drops the command connection after it failed as unavailable, so
+    /// that the next command opens a new one.
+    fn check_command(&self, e: ::redis::RedisError) -> BackplaneError {
+        let e = BackplaneError::from_redis(e);
+        if e.is_unavailable() {
+            self.command.lock().take();
+        }
+        e
+    }
+
+    /// Runs `call` of `script` on the command connection, loading the
+    /// script first if Redis does not know it.
+    pub(super) async fn run_script(
         &self,
-        call: &ScriptInvocation<'_>,
-    ) -> Result<R, BackplaneError> {
+        script: &Script,
+        call: &ScriptCall,
+    ) -> Result<Value, BackplaneError> {
         let mut conn = self.command().await?;
-        call.invoke_async(&mut conn).await.map_err(|e| {
-            let e = BackplaneError::from_redis(e);
-            if e.is_unavailable() {
-                self.command.lock().take();
+        let cmd = call.cmd(script);
+        match cmd.query_async::<Value>(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e)
+                if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+            {
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| self.check_command(e))?;
+                cmd.query_async::<Value>(&mut conn)
+                    .await
+                    .map_err(|e| self.check_command(e))
             }
-            e
-        })
+            Err(e) => Err(self.check_command(e)),
+        }
+    }
+
+    /// Sends `pipe` in one go and returns each command's own result: one
+    /// command's error does not fail the others. Fails as a whole only if
+    /// the connection does.
+    pub(super) async fn run_pipeline(
+        &self,
+        pipe: &mut Pipeline,
+    ) -> Result<Vec<Result<Value, BackplaneError>>, BackplaneError> {
+        let mut conn = self.command().await?;
+        let replies: Vec<::redis::RedisResult<Value>> = pipe
+            .ignore_errors()
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.check_command(e))?;
+        Ok(replies
+            .into_iter()
+            .map(|r| r.map_err(BackplaneError::from_redis))
+            .collect())
+    }
+}
+
+/// The keys and arguments of one script call (`EVALSHA`).
+#[derive(Default)]
+pub(super) struct ScriptCall {
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl ScriptCall {
+    pub(super) fn key(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        self.keys.push(key.as_ref().to_vec());
+        self
+    }
+
+    pub(super) fn arg(&mut self, arg: impl AsRef<[u8]>) -> &mut Self {
+        self.args.push(arg.as_ref().to_vec());
+        self
+    }
+
+    pub(super) fn cmd(&self, script: &Script) -> Cmd {
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
     }
 }

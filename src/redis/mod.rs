@@ -124,7 +124,7 @@ mod modify;
 mod recovery;
 mod subscription;
 
-pub use backplane::{Backplane, Builder};
+pub use backplane::{Backplane, Builder, Stats};
 pub use channel::{Channel, ChannelBuilder};
 pub use codec::{Codec, DecodeError};
 pub use error::BackplaneError;

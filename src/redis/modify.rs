@@ -6,9 +6,9 @@ use std::sync::Arc;
 use ::redis::Script;
 
 use super::error::BackplaneError;
-use super::keys::{parse_position, MODIFY_LUA};
+use super::keys::{Outcome, MODIFY_LUA};
 use super::{Channel, Codec};
-use crate::{Epoch, Update};
+use crate::Update;
 
 /// A read-modify-publish in Redis, written as a Lua snippet.
 ///
@@ -78,6 +78,7 @@ pub struct Modify<'a, T> {
     pub(super) script: &'a ModifyScript,
     pub(super) keys: Vec<Vec<u8>>,
     pub(super) args: Vec<Vec<u8>>,
+    pub(super) once: Option<Vec<u8>>,
 }
 
 impl<T> fmt::Debug for Modify<'_, T> {
@@ -86,6 +87,7 @@ impl<T> fmt::Debug for Modify<'_, T> {
             .field("script", self.script)
             .field("keys", &self.keys.len())
             .field("args", &self.args.len())
+            .field("once", &self.once.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +106,16 @@ impl<T: Codec + Send + Sync + 'static> Modify<'_, T> {
         self
     }
 
+    /// Makes the call safe to retry, as [`Channel::publish_once`]: if a
+    /// call with this `id` published already (within
+    /// [`remember_publishes`](super::ChannelBuilder::remember_publishes)),
+    /// the snippet does not run again and the result says
+    /// [`is_repeat`](Modified::is_repeat).
+    pub fn once(mut self, id: impl AsRef<[u8]>) -> Self {
+        self.once = Some(id.as_ref().to_vec());
+        self
+    }
+
     /// Runs the script in Redis; if it published, wakes this instance's
     /// waiters before returning (other instances' through their
     /// subscription, as for [`Channel::publish`]).
@@ -111,9 +123,10 @@ impl<T: Codec + Send + Sync + 'static> Modify<'_, T> {
     /// # Errors
     ///
     /// As [`Channel::publish`]; a snippet that raised an error gives
-    /// [`is_server`](BackplaneError::is_server), a new value that is not a
-    /// `T` gives [`is_decode`](BackplaneError::is_decode) (it was published
-    /// nevertheless).
+    /// [`is_server`](BackplaneError::is_server) (the channel is fine), a new
+    /// value that is not a `T` gives [`is_decode`](BackplaneError::is_decode)
+    /// (it was published nevertheless, and the channel is broken until a
+    /// good value follows).
     ///
     /// # Cancel safety
     ///
@@ -121,36 +134,42 @@ impl<T: Codec + Send + Sync + 'static> Modify<'_, T> {
     pub async fn invoke(self) -> Result<Modified<T>, BackplaneError> {
         let channel = self.channel;
         let inner = &channel.inner;
-        if inner.broadcaster.is_closed() {
-            return Err(BackplaneError::closed());
-        }
         let core = &channel.backplane.shared.core;
-        let mut call = self.script.script.key(&inner.keys.state);
-        call.key(&inner.keys.history);
-        for key in &self.keys {
-            call.key(key);
-        }
-        call.arg(Epoch::random().to_string())
-            .arg(&inner.initial)
-            .arg(inner.history)
-            .arg(&inner.keys.channel);
+        let mut call = inner.modify_call(self.once.as_deref(), &self.keys)?;
         for arg in &self.args {
             call.arg(arg);
         }
-        let (epoch, version, value, published, note): ModifyReply = core.invoke(&call).await?;
-        let (epoch, version) = parse_position(&epoch, &version)?;
+        let reply = inner.run_modify(core, &self.script.script, &call).await?;
+        if reply.outcome == Outcome::Repeated {
+            return Ok(Modified {
+                update: channel.current(),
+                published: true,
+                repeat: true,
+                note: Vec::new(),
+            });
+        }
+        let decoded = T::decode(&reply.value).map_err(|e| {
+            let e = std::sync::Arc::new(BackplaneError::from(e));
+            if reply.outcome == Outcome::Published {
+                core.channel_failed(&**inner, std::sync::Arc::clone(&e));
+            }
+            BackplaneError::shared(&e)
+        })?;
         // Decoded twice: once for the caller, once for the broadcaster,
         // which takes its value by value.
         let update = Update {
-            epoch,
-            version,
-            value: Arc::new(T::decode(&value)?),
+            epoch: reply.epoch,
+            version: reply.version,
+            value: Arc::new(T::decode(&reply.value)?),
         };
-        inner.settle(core, epoch, version, T::decode(&value)?).await;
+        if reply.outcome == Outcome::Published {
+            inner.settle(core, &reply, decoded).await;
+        }
         Ok(Modified {
             update,
-            published: published != 0,
-            note,
+            published: reply.outcome == Outcome::Published,
+            repeat: false,
+            note: reply.note,
         })
     }
 }
@@ -160,12 +179,14 @@ impl<T: Codec + Send + Sync + 'static> Modify<'_, T> {
 pub struct Modified<T> {
     update: Update<T>,
     published: bool,
+    repeat: bool,
     note: Vec<u8>,
 }
 
 impl<T> Modified<T> {
     /// The state the script left in Redis: the new update if it published,
-    /// the unchanged current one otherwise.
+    /// the unchanged current one otherwise. For a
+    /// [repeat](Self::is_repeat), the state this instance holds.
     pub fn update(&self) -> &Update<T> {
         &self.update
     }
@@ -175,19 +196,25 @@ impl<T> Modified<T> {
         self.update
     }
 
-    /// Whether the snippet returned a new value, published as a new version.
+    /// Whether the snippet returned a new value, published as a new version
+    /// (by this call, or by the first call with the same
+    /// [`once`](Modify::once) id).
     pub fn is_published(&self) -> bool {
         self.published
     }
 
-    /// The snippet's second result, or empty if it returned none.
+    /// Whether a call with the same [`once`](Modify::once) id published
+    /// already, so that this one did nothing.
+    pub fn is_repeat(&self) -> bool {
+        self.repeat
+    }
+
+    /// The snippet's second result, or empty if it returned none (or for a
+    /// [repeat](Self::is_repeat)).
     pub fn note(&self) -> &[u8] {
         &self.note
     }
 }
-
-/// `{epoch, version, value, changed, note}` from `modify.lua`.
-pub(super) type ModifyReply = (String, String, Vec<u8>, i64, Vec<u8>);
 
 /// The script text for a modify snippet; `echo` makes it return the new
 /// value (a plain publish knows it already).
