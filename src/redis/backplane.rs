@@ -47,10 +47,11 @@ pub(super) struct Core {
     pub(super) prefix: String,
     pub(super) config: Config,
     /// The command connection, `None` after it failed.
-    pub(super) command: Mutex<Option<MultiplexedConnection>>,
-    /// Held while opening a command connection, so that a burst of publishes
-    /// after an outage opens one, not one each.
-    pub(super) connecting: tokio::sync::Mutex<()>,
+    pub(super) command: Arc<Mutex<Option<MultiplexedConnection>>>,
+    /// The opening of a command connection in progress, if any: a burst of
+    /// publishes after an outage opens one, not one each. It runs in a task
+    /// of its own, so that a caller that stops polling holds nobody up.
+    pub(super) connecting: Arc<Mutex<Option<Connecting>>>,
     /// Every open channel, by Pub/Sub channel name.
     pub(super) channels: RwLock<HashMap<String, Arc<dyn Relay>>>,
     /// The live subscription's command half, `None` while reconnecting.
@@ -226,8 +227,8 @@ impl Builder {
             client,
             prefix: self.prefix,
             config: self.config,
-            command: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            command: Arc::default(),
+            connecting: Arc::default(),
             channels: RwLock::new(HashMap::new()),
             subscription: tokio::sync::Mutex::new(None),
             connected: AtomicBool::new(false),
@@ -354,20 +355,41 @@ impl Core {
         if let Some(conn) = self.command.lock().clone() {
             return Ok(conn);
         }
-        let _connecting = self.connecting.lock().await;
-        if let Some(conn) = self.command.lock().clone() {
-            return Ok(conn);
+        let mut opened = {
+            let mut connecting = self.connecting.lock();
+            if let Some(conn) = self.command.lock().clone() {
+                return Ok(conn);
+            }
+            match &*connecting {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    *connecting = Some(rx.clone());
+                    let (client, config) = (self.client.clone(), self.config.clone());
+                    let (command, connecting) =
+                        (Arc::clone(&self.command), Arc::clone(&self.connecting));
+                    tokio::spawn(async move {
+                        let opened = open_command(&client, &config).await.map_err(Arc::new);
+                        if let Ok(conn) = &opened {
+                            *command.lock() = Some(conn.clone());
+                        }
+                        *connecting.lock() = None;
+                        let _ = tx.send(Some(opened));
+                    });
+                    rx
+                }
+            }
+        };
+        let Ok(opened) = opened.wait_for(Option::is_some).await else {
+            return Err(BackplaneError::new(
+                Kind::Unavailable,
+                "connecting was cut short",
+            ));
+        };
+        match opened.as_ref().expect("waited for a result") {
+            Ok(conn) => Ok(conn.clone()),
+            Err(e) => Err(BackplaneError::shared(e)),
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.config.connect_timeout))
-            .set_response_timeout(Some(self.config.command_timeout));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(BackplaneError::from_redis)?;
-        *self.command.lock() = Some(conn.clone());
-        Ok(conn)
     }
 
     /// Drops the command connection after it failed as unavailable, so
@@ -426,6 +448,24 @@ impl Core {
             .collect())
     }
 }
+
+/// Opens a command connection.
+async fn open_command(
+    client: &Client,
+    config: &Config,
+) -> Result<MultiplexedConnection, BackplaneError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.command_timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(BackplaneError::from_redis)
+}
+
+/// The result of opening a command connection, for every caller waiting.
+pub(super) type Connecting =
+    tokio::sync::watch::Receiver<Option<Result<MultiplexedConnection, Arc<BackplaneError>>>>;
 
 /// The keys and arguments of one script call (`EVALSHA`).
 #[derive(Default)]
