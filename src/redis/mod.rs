@@ -4,7 +4,7 @@
 //! change posted to instance A must then wake the long polls held by
 //! instance B, and a client that lands on another instance must keep its
 //! cursor. This module keeps each channel's epoch, version and value in
-//! Redis and relays every change to a local [`Broadcaster`] in each
+//! Redis and relays every change to a local [`Broadcaster`](crate::Broadcaster) in each
 //! instance, so waiters use the same API and the same
 //! [`Cursor`](crate::Cursor) as without a backplane, and the version a
 //! client saw on A means the same on B.
@@ -45,9 +45,13 @@
 //!
 //! | key or channel          | holds                                                      |
 //! |-------------------------|------------------------------------------------------------|
-//! | `Pstate:name` (hash)    | `epoch` (16 hex digits), `version` (integer), `value` (bytes, see [`Codec`]) |
-//! | `Phistory:name` (list)  | the last `k` updates as `"<version> <value>"`, with [`ChannelBuilder::history`] `k > 1` |
+//! | `Pstate:name` (hash)    | `epoch` (16 hex digits), `version` (integer), `value` (bytes, see [`Codec`]), `keep` (the history depth) |
+//! | `Phistory:name` (list)  | the last `keep` updates as `"<version> <value>"`, when `keep > 1` |
+//! | `Ponce:<len>:name:<id>` | the epoch and version of a [`Channel::publish_once`], for [`ChannelBuilder::remember_publishes`] |
 //! | Pub/Sub channel `Pname` | every update as `"<epoch> <version> <value>"`              |
+//!
+//! `keep` belongs to the channel: the largest [`ChannelBuilder::history`]
+//! any instance opened it with, whichever instance publishes.
 //!
 //! A publish is one Lua script: it bumps the version, stores the value,
 //! trims the history and `PUBLISH`es, atomically, and returns the new
@@ -59,45 +63,100 @@
 //!
 //! When the subscription drops (a network blip, `CLIENT KILL`, a Redis
 //! restart) the instance reconnects with jittered exponential backoff,
-//! subscribes again, and then re-reads every channel. Whatever was
-//! published meanwhile reaches the local waiters: every update still in
-//! the history, in order, or else the latest value. Duplicates (an update
-//! both re-read and received) are dropped by version, and versions never go
-//! backwards.
+//! subscribes again, and then reads every channel again, in one pipeline
+//! that returns only the history entries after the version each channel
+//! holds. Whatever was published meanwhile reaches the local waiters: every
+//! update still in the history, in order, or else the latest value with
+//! [`Resync::Lagged`](crate::Resync::Lagged). Duplicates (an update both
+//! read and received) are dropped by version, and versions never go
+//! backwards. A Pub/Sub message lost without a reconnect is found by the
+//! periodic check ([`Builder::check_interval`], 40 s by default) of the
+//! channels that have local waiters.
 //!
-//! If Redis lost a channel's data (a restart without persistence), the first
-//! instance to notice recreates it under a new [`Epoch`], in the same
-//! atomic step as the check, with the channel's initial value. Every
-//! instance then [`restart`](Broadcaster::restart)s its broadcaster, so each
-//! client gets [`Resync::OtherEpoch`](crate::Resync::OtherEpoch) and starts
-//! over from the new state instead of waiting on a dead sequence. The same
-//! happens if Redis comes back *behind* what an instance saw (restored from
-//! an older snapshot): versions would otherwise be reused for other values.
+//! If Redis lost a channel's data (a restart without persistence,
+//! `FLUSHALL`, the key deleted), the first instance to notice recreates it
+//! under a new [`Epoch`](crate::Epoch), in the same atomic step as the check, with the
+//! channel's initial value. Every instance then
+//! [`restart`](crate::Broadcaster::restart)s its broadcaster, so each client gets
+//! [`Resync::OtherEpoch`](crate::Resync::OtherEpoch) and starts over from
+//! the new state instead of waiting on a dead sequence.
+//!
+//! The same happens if Redis comes back *behind* what an instance saw
+//! (restored from an older snapshot, a failover to a lagging replica): every
+//! script (publish, catch-up, check) carries the position the instance
+//! holds, and one that finds Redis behind it moves the channel to a new
+//! epoch before anything else, so that no version is handed out again with
+//! another value. An epoch change is only ever taken from a read of Redis,
+//! one at a time per channel, so that an answer and a message that arrive
+//! in either order never leave an instance on an older epoch.
 //!
 //! While Redis is unreachable, held waits keep waiting (or time out as
 //! usual), and publishes fail at once with an error for which
-//! [`BackplaneError::is_unavailable`] holds. Nothing panics.
+//! [`BackplaneError::is_unavailable`] holds. A publish whose answer timed
+//! out may have run: retry it with [`Channel::publish_once`] (or
+//! [`Modify::once`]) to publish it at most once. Nothing panics.
+//!
+//! # A broken channel
+//!
+//! If what Redis holds for one channel cannot be used (a key of another
+//! type under its name, a field that is not a number, a value that does not
+//! decode), that channel alone breaks: its publishes fail with a typed
+//! error, its waits fail at once with
+//! [`WaitError::Closed`](crate::WaitError::Closed) (an HTTP server answers
+//! `503`) instead of waiting for nothing, and [`Channel::failure`] says
+//! why. The other channels and the subscription go on. The broken channel
+//! is read again at every check and reconnect, and heals by itself once
+//! Redis holds a usable state. [`Backplane::stats`] counts failures,
+//! resyncs, epoch restarts and rejected messages for a dashboard.
 //!
 //! # Switching instances
 //!
-//! A client may poll any instance with the cursor another one gave it. One
-//! race remains: a client told of version `v` by A that polls B before B's
-//! subscription delivered `v` (typically a fraction of a millisecond) holds
-//! a cursor B has not reached. B answers at once with its current state,
-//! flagged [`Resync::Ahead`](crate::Resync::Ahead), as for any cursor from
-//! the future; the client's next poll, with that answer's cursor, is
-//! answered at once with `v`. Nothing is lost; the client sees one extra,
-//! older answer.
+//! A client may poll any instance with the cursor another one gave it. A
+//! client told of version `v` by A that polls B before B's subscription
+//! delivered `v` holds a cursor B has not reached: B holds the poll until
+//! it reaches `v` (then waits for the next change, as A would) or the poll
+//! times out. It never answers with older state than the client saw (only a
+//! cursor more than 255 versions ahead is answered at once, with
+//! [`Resync::Ahead`](crate::Resync::Ahead)). An instance opened after some
+//! updates were published loads the retained history, so it serves a
+//! client up to `k` versions behind as well as the others do.
+//!
+//! # What a Redis incident costs
+//!
+//! What the tests on a private server show (`tests/redis_recovery.rs`, and
+//! `tests/redis_soak.rs`, which injects all of these at random under load
+//! and checks every waiter's sequence and every instance's final state):
+//!
+//! | incident                                          | what clients see                                    |
+//! |---------------------------------------------------|-----------------------------------------------------|
+//! | subscription lost, restart with persistence       | every update, late; past `k` missed, `Lagged`       |
+//! | restart without persistence, `FLUSHALL`           | one `OtherEpoch` resync, from the initial value     |
+//! | restored behind (old snapshot, lagging replica)   | one `OtherEpoch` resync, from what Redis holds      |
+//! | a key of another type, a value that does not decode | that channel's polls answer `503` until it is fixed |
+//! | Redis slower than the command timeout             | publishes fail as unavailable (retry with `publish_once`); waits go on |
+//! | a Pub/Sub message lost                            | the update, up to one check interval late           |
+//!
+//! At worst an explicit resync, never a silently wrong value, with one
+//! limit: a restore behind is seen by an instance that saw the lost
+//! versions. If the only instances that publish before one of those
+//! notices are instances that had not seen them either (their
+//! subscription was down meanwhile), those publishes reuse the lost
+//! versions, and the instances that saw them move to a new epoch when they
+//! notice. Likewise, Redis found holding an epoch an instance left more
+//! than 8 epoch changes ago is not recognised as behind.
 //!
 //! # What it costs Redis
 //!
 //! Per instance: two connections (commands and subscription), whatever the
-//! number of channels and waiters, and a `PING` every 5 seconds. Per
+//! number of channels and waiters, a `PING` every 5 seconds, and every 40
+//! seconds one pipelined `HMGET` per channel that has local waiters. Per
 //! publish: one round trip (`EVALSHA`; inside the script `HMGET`,
-//! `HINCRBY`, `HSET`, `RPUSH` and `LTRIM` with a history, and one
-//! `PUBLISH`, delivered once to every subscribed instance). Per held long
-//! poll: nothing. Per channel opened, and again per channel after a
-//! reconnect: one `SUBSCRIBE` (all channels in one) and one `EVALSHA`.
+//! `HINCRBY`, `HSET`, `RPUSH` and `LTRIM` with a history, a `GET` and a
+//! `SET` with an idempotency key, and one `PUBLISH`, delivered once to
+//! every subscribed instance). Per held long poll: nothing. Per channel
+//! opened: one `SUBSCRIBE` and two `EVALSHA`; after a reconnect, one
+//! `SUBSCRIBE` for all channels and one pipeline of one `EVALSHA` per
+//! channel, which returns only what the instance missed.
 //!
 //! # Read, modify, publish
 //!
@@ -107,7 +166,7 @@
 //!
 //! # Limits
 //!
-//! One Redis server, version 4.0 or later (or a primary with replicas), is
+//! One Redis server (tested with 7.0), or a primary with replicas, is
 //! assumed, not Redis Cluster. The local waiters of an instance only hear
 //! of changes made through the backplane: do not publish on a channel's
 //! broadcaster directly. An opened channel stays subscribed for as long as

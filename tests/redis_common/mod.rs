@@ -101,7 +101,7 @@ pub(crate) async fn command<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cm
 
 /// A private `redis-server` on a free port, that a test may kill, restart,
 /// put to sleep (`DEBUG` is enabled) and restore from an older RDB file.
-/// Without persistence unless started with [`OwnRedis::persistent`]. Killed
+/// Without persistence unless started with [`OwnRedis::start_with`]. Killed
 /// on drop, its directory removed.
 pub(crate) struct OwnRedis {
     port: u16,
@@ -216,6 +216,22 @@ impl OwnRedis {
         self.spawn()
             .expect("redis-server restarts from the snapshot");
         self.persistent = persistent;
+        if persistent {
+            // From here on, every write is kept again.
+            let mut s = TcpStream::connect(self.addr()).expect("redis answers");
+            s.write_all(b"CONFIG SET appendonly yes\r\n").expect("sent");
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).expect("answered");
+        }
+    }
+
+    /// Kills the server and starts it again with no data at all, as a
+    /// restart without persistence.
+    pub(crate) fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        self.spawn().expect("redis-server restarts");
     }
 }
 
