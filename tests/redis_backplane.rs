@@ -343,11 +343,17 @@ async fn a_snippet_that_raises_an_error_publishes_nothing() {
     let err = ch.modify(&bad).invoke().await.unwrap_err();
     assert!(err.is_server(), "{err:?}");
     assert!(!err.is_unavailable());
+    assert!(
+        ch.failure().is_none(),
+        "the snippet failed, not the channel"
+    );
     assert_eq!(ch.current().version(), Version::ZERO);
     // A new value that is not a `u32` is published (Redis has no types),
     // but reported as not decoding.
     let wrong = ModifyScript::new("return 'seven'");
     assert!(ch.modify(&wrong).invoke().await.unwrap_err().is_decode());
+    // Redis now holds a value that is not a `u32`: the channel says so.
+    assert!(ch.failure().expect("broken").is_decode());
     delete_prefix(&url, &prefix).await;
 }
 

@@ -501,3 +501,61 @@ async fn a_catch_up_reads_only_what_is_missing_in_one_pipeline() {
     );
     assert_eq!(last.current().version(), Version::new(64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_slower_than_the_command_timeout_delays_but_breaks_nothing() {
+    let Some(redis) = OwnRedis::start("a_script_slower_than_the_command_timeout") else {
+        return;
+    };
+    let prefix = unique_prefix("slow");
+    let a = builder(&redis, &prefix)
+        .command_timeout(Duration::from_millis(200))
+        .check_interval(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let b = instance(&redis, &prefix).await;
+    let slow_a: Channel<u64> = a.channel("slow", 0).await.unwrap();
+    let mut good = Vec::new();
+    for i in 0..5 {
+        let on_a: Channel<u64> = a.channel(&format!("g{i}"), 0).await.unwrap();
+        let on_b: Channel<u64> = b.channel(&format!("g{i}"), 0).await.unwrap();
+        good.push((on_a, on_b));
+    }
+    // Busy for ARGV[1] microseconds, then add one.
+    let slow = ModifyScript::new(
+        r#"
+        local t0 = redis.call('TIME')
+        local start = t0[1] * 1000000 + t0[2]
+        repeat
+            local t = redis.call('TIME')
+        until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+        return tonumber(value) + 1
+        "#,
+    );
+    let (slow_result, ()) = tokio::join!(slow_a.modify(&slow).arg("400000").invoke(), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for (i, (_, on_b)) in good.iter().enumerate() {
+            on_b.publish(i as u64 + 1).await.unwrap();
+        }
+    });
+    let err = slow_result.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        slow_a.failure().is_none(),
+        "a slow script is not a broken channel"
+    );
+    for (i, (on_a, _)) in good.iter().enumerate() {
+        let want = i as u64 + 1;
+        until("the other channels get their updates", || {
+            **on_a.current().value() == want
+        })
+        .await;
+    }
+    until("the slow publish arrives too", || {
+        **slow_a.current().value() == 1
+    })
+    .await;
+    until("A is connected", || a.is_connected()).await;
+    assert_eq!(slow_a.publish(5).await.unwrap(), Version::new(2));
+}

@@ -175,6 +175,10 @@ impl fmt::Display for BackplaneError {
             Kind::Config => "invalid backplane configuration",
         };
         match &self.source {
+            // The same failure, kept and returned: said once.
+            Some(source) if source.is::<std::sync::Arc<BackplaneError>>() => {
+                fmt::Display::fmt(source, f)
+            }
             // A decode error already says what it is.
             Some(source) if self.kind == Kind::Decode => fmt::Display::fmt(source, f),
             Some(source) => write!(f, "{what}: {source}"),
