@@ -6,7 +6,9 @@
 //! `FLUSHALL`; a key of the wrong type; a value or a message that does not
 //! decode; `DEBUG SLEEP` longer than the command timeout). Afterwards:
 //!
-//! - every waiter's versions rise strictly within an epoch;
+//! - every waiter's versions rise strictly within an epoch (and a waiter
+//!   whose polls go to random instances is never answered with older state
+//!   of its cursor's epoch);
 //! - every gap is marked (`Lagged`, or a new epoch);
 //! - every (epoch, version) of a channel carries one value, on every
 //!   instance, and no value is published at two versions of one epoch;
@@ -149,6 +151,53 @@ async fn waiter(ch: Channel<u64>, index: usize, log: Arc<Mutex<Log>>, stop: Arc<
             }
             Err(WaitError::TimedOut) => {}
             // A broken channel (a key of the wrong type): back off.
+            Err(WaitError::Closed) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// A long-poll client behind a load balancer: each poll goes to a random
+/// instance, with the cursor the last answer gave. An answer in the
+/// cursor's epoch must be newer than the cursor (a lagging instance holds
+/// the poll rather than answer with older state); across epochs only the
+/// marking is checked, since instances learn of a new epoch one after the
+/// other.
+async fn roaming_waiter(
+    channels: Vec<Channel<u64>>,
+    index: usize,
+    seed: u64,
+    log: Arc<Mutex<Log>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = Rng(seed | 1);
+    let mut cursor = channels[0].current().cursor();
+    while !stop.load(Ordering::Relaxed) {
+        let ch = &channels[rng.below(channels.len() as u64) as usize];
+        match ch
+            .broadcaster()
+            .wait_timeout(cursor, Duration::from_millis(300))
+            .await
+        {
+            Ok(changed) => {
+                let mut log = log.lock();
+                let same = Some(changed.epoch()) == cursor.epoch();
+                let bad = match changed.resync() {
+                    Some(Resync::Ahead) => true,
+                    Some(Resync::OtherEpoch) => same,
+                    _ => !same || cursor.version() >= Some(changed.updates()[0].version()),
+                };
+                if bad {
+                    log.violations.push(format!(
+                        "channel {index}, roaming: {changed:?} after {cursor:?}"
+                    ));
+                }
+                for u in changed.updates() {
+                    log.record(index, u.epoch(), u.version(), **u.value());
+                }
+                cursor = changed.cursor();
+            }
+            Err(WaitError::TimedOut) => {}
             Err(WaitError::Closed) => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(e) => panic!("{e}"),
         }
@@ -365,6 +414,16 @@ async fn random_faults_lose_repeat_and_strand_nothing() {
             }
         }
     }
+    for c in 0..CHANNELS {
+        let mine: Vec<Channel<u64>> = channels.iter().map(|m| m[c].clone()).collect();
+        waiters.push(tokio::spawn(roaming_waiter(
+            mine,
+            c,
+            rng.next(),
+            log.clone(),
+            stop_waiters.clone(),
+        )));
+    }
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             tokio::spawn(publisher(
@@ -396,7 +455,7 @@ async fn random_faults_lose_repeat_and_strand_nothing() {
             saved = save(&url, &keys[rng.below(CHANNELS as u64) as usize]).await;
         }
         if rng.below(4) == 0 {
-            rdb = Some(redis.snapshot().await);
+            rdb = redis.snapshot().await.or(rdb);
         }
         let fault = match rng.below(11) {
             0 | 1 => {
@@ -460,15 +519,19 @@ async fn random_faults_lose_repeat_and_strand_nothing() {
                 "a garbage message"
             }
             9 => {
-                // A value another program wrote, that does not decode.
+                // A value another program wrote, that does not decode: one
+                // atomic step, or the old value would show at the new version.
                 let key = &keys[rng.below(CHANNELS as u64) as usize];
-                let _: Option<i64> =
-                    run_cmd(&url, redis::cmd("HINCRBY").arg(key).arg("version").arg(1)).await;
-                let _: Option<i64> = run_cmd(
-                    &url,
-                    redis::cmd("HSET").arg(key).arg("value").arg("not a number"),
-                )
-                .await;
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .hincr(key, "version", 1)
+                    .ignore()
+                    .hset(key, "value", "not a number")
+                    .ignore();
+                let client = redis::Client::open(url.as_str()).unwrap();
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    let _: Result<(), _> = pipe.query_async(&mut conn).await;
+                }
                 "a value that does not decode"
             }
             _ => {

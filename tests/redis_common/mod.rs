@@ -200,10 +200,14 @@ impl OwnRedis {
         .expect("the sleeper finishes");
     }
 
-    /// Writes an RDB snapshot now (`SAVE`) and returns its bytes.
-    pub(crate) async fn snapshot(&self) -> Vec<u8> {
-        let _: () = command(&self.url(), &redis::cmd("SAVE")).await;
-        std::fs::read(self.dir.join("dump.rdb")).expect("the snapshot is written")
+    /// Writes an RDB snapshot now (`SAVE`) and returns its bytes, or `None`
+    /// if Redis refused (a background save in progress, say).
+    pub(crate) async fn snapshot(&self) -> Option<Vec<u8>> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let saved: redis::RedisResult<()> = redis::cmd("SAVE").query_async(&mut conn).await;
+        saved.ok()?;
+        std::fs::read(self.dir.join("dump.rdb")).ok()
     }
 
     /// Kills the server and starts it again from `rdb` (an older
