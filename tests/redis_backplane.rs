@@ -200,9 +200,10 @@ async fn a_publish_wakes_every_waiter_on_both_instances() {
     for ch in [&on_a, &on_b] {
         for _ in 0..500 {
             let ch = ch.clone();
+            let cursor = ch.current().cursor(); // version 0, with the epoch
             waiters.push(tokio::spawn(async move {
                 ch.broadcaster()
-                    .wait_timeout(Version::ZERO, WAIT)
+                    .wait_timeout(cursor, WAIT)
                     .await
                     .map(|c| (c.version(), **c.value()))
             }));
