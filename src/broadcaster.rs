@@ -32,6 +32,11 @@ pub(crate) struct Shared<T> {
     history: usize,
     /// Most waiters (futures and callbacks) registered at once.
     pub(crate) max_waiters: usize,
+    /// How far ahead of the current version a same-epoch cursor may be and
+    /// still wait for that version rather than be answered at once (0: not
+    /// at all). A backplane sets it: there, a cursor ahead usually comes
+    /// from a faster instance, and this one will get there.
+    pub(crate) hold_ahead: u8,
     /// The emptied waker vector of the last fan-out, for the next round of
     /// registrations. Under its own lock, so that returning it after a
     /// fan-out does not contend with the waiters that fan-out just woke.
@@ -51,6 +56,10 @@ pub(crate) struct Inner<T> {
     /// tells a waiter of the old sequence from one of the new.
     pub(crate) era: u16,
     pub(crate) closed: bool,
+    /// While set, waits are answered [`WaitError::Closed`] at once, as if
+    /// closed, but publishes still go through: a backplane channel whose
+    /// store holds unusable data, until it heals.
+    pub(crate) failing: bool,
 }
 
 impl<T> Inner<T> {
@@ -62,7 +71,31 @@ impl<T> Inner<T> {
     /// the waiter's slot is still in the list.
     pub(crate) fn holds(&self, since: Version, epoch: Option<Epoch>, era: u16) -> bool {
         let cur = self.current();
-        !self.closed && cur.version == since && Some(cur.epoch) == epoch && self.era == era
+        !self.refuses_waits() && cur.version == since && Some(cur.epoch) == epoch && self.era == era
+    }
+
+    /// Whether a wait is answered [`WaitError::Closed`] now.
+    pub(crate) fn refuses_waits(&self) -> bool {
+        self.closed || self.failing
+    }
+
+    /// As [`answer`](Self::answer), except that a cursor of the current
+    /// epoch at most `hold` versions ahead waits (`None`) for the version it
+    /// names.
+    pub(crate) fn answer_or_hold(
+        &self,
+        since: Version,
+        epoch: Option<Epoch>,
+        hold: u8,
+    ) -> Option<Changed<T>> {
+        let cur = self.current();
+        if since > cur.version
+            && epoch.is_none_or(|e| e == cur.epoch)
+            && since.get() - cur.version.get() <= u64::from(hold)
+        {
+            return None;
+        }
+        self.answer(since, epoch)
     }
 
     /// What a cursor gets now, or `None` if it must wait for the next change.
@@ -153,6 +186,7 @@ pub struct Builder {
     max_waiters: Option<usize>,
     epoch: Option<Epoch>,
     initial_version: Version,
+    hold_ahead: u8,
 }
 
 impl Default for Builder {
@@ -162,6 +196,7 @@ impl Default for Builder {
             max_waiters: None,
             epoch: None,
             initial_version: Version::ZERO,
+            hold_ahead: 0,
         }
     }
 }
@@ -211,6 +246,17 @@ impl Builder {
         self
     }
 
+    /// Lets a cursor of the current epoch up to `max` versions ahead wait
+    /// for that version instead of being answered at once with
+    /// [`Resync::Ahead`] (futures and streams; a callback is still answered
+    /// at once). For a backplane, whose instances reach a version one after
+    /// the other.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn hold_ahead(mut self, max: u8) -> Self {
+        self.hold_ahead = max;
+        self
+    }
+
     /// Builds the broadcaster, holding `initial` at the initial version.
     pub fn build<T>(self, initial: T) -> Broadcaster<T> {
         let first = Update {
@@ -237,9 +283,11 @@ impl Builder {
                     waiters: Waiters::new(),
                     era: 0,
                     closed: false,
+                    failing: false,
                 }),
                 history: self.history,
                 max_waiters: self.max_waiters.unwrap_or(usize::MAX),
+                hold_ahead: self.hold_ahead,
                 spare: Mutex::new(Vec::new()),
             }),
         }
@@ -509,6 +557,27 @@ impl<T> Broadcaster<T> {
         true
     }
 
+    /// Sets or clears the failing state (see `Inner::failing`). Setting it
+    /// answers every pending waiter with [`WaitError::Closed`]; it starts a
+    /// new era, so that no stale waiter touches a slot of the list taken
+    /// here. Returns whether the state changed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn set_failing(&self, failing: bool) -> bool {
+        let mut inner = self.lock();
+        if inner.failing == failing {
+            return false;
+        }
+        inner.failing = failing;
+        if !failing {
+            return true;
+        }
+        inner.era = inner.era.wrapping_add(1);
+        let taken = inner.waiters.take_all(&self.shared.spare);
+        drop(inner);
+        self.fan_out(taken, || Err(WaitError::Closed));
+        true
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
@@ -633,7 +702,7 @@ impl<T> Broadcaster<T> {
         let state = WaitState::new(&self.shared, cursor.into());
         let callback = Box::new(callback);
         let mut inner = self.lock();
-        if inner.closed {
+        if inner.refuses_waits() {
             return Err(WaitError::Closed);
         }
         if let Some(answer) = inner.answer(state.since(), state.epoch()) {

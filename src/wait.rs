@@ -24,7 +24,11 @@ enum Phase {
 
 /// One waiter's state: its cursor and, once registered, its slot. 24 bytes.
 pub(crate) struct WaitState {
+    /// The cursor's version; registered at `since - ahead`.
     since: Version,
+    /// How far the cursor was ahead of the version it registered at (see
+    /// `Shared::hold_ahead`); 0 for every other wait.
+    ahead: u8,
     /// `None` until registration for a cursor that named no epoch.
     epoch: Option<Epoch>,
     idx: u32,
@@ -48,6 +52,7 @@ impl WaitState {
         };
         WaitState {
             since,
+            ahead: 0,
             epoch,
             idx: 0,
             era: 0,
@@ -58,6 +63,7 @@ impl WaitState {
     fn after(changed: &Changed<impl Sized>) -> Self {
         WaitState {
             since: changed.version(),
+            ahead: 0,
             epoch: Some(changed.epoch()),
             idx: 0,
             era: 0,
@@ -71,6 +77,11 @@ impl WaitState {
 
     pub(crate) fn epoch(&self) -> Option<Epoch> {
         self.epoch
+    }
+
+    /// The version whose waiter list holds this waiter.
+    fn at(&self) -> Version {
+        Version::new(self.since.get() - u64::from(self.ahead))
     }
 
     /// A `Registration` for a callback registered at this cursor in `inner`.
@@ -115,11 +126,13 @@ impl WaitState {
                     // happened before (and the check sees it) or will take our
                     // slot (and wake us).
                     let mut inner = shared.inner.lock();
-                    if inner.closed {
+                    if inner.refuses_waits() {
                         drop(inner);
                         return self.finish(Err(WaitError::Closed));
                     }
-                    if let Some(answer) = inner.answer(self.since, self.epoch) {
+                    if let Some(answer) =
+                        inner.answer_or_hold(self.since, self.epoch, shared.hold_ahead)
+                    {
                         drop(inner);
                         return self.finish(Ok(answer));
                     }
@@ -130,6 +143,8 @@ impl WaitState {
                         }));
                     }
                     self.idx = inner.waiters.insert_waker(waker);
+                    // Below `hold_ahead` (a `u8`) when held ahead, else 0.
+                    self.ahead = (self.since.get() - inner.current().version.get()) as u8;
                     self.epoch = Some(inner.current().epoch);
                     self.era = inner.era;
                     self.phase = Phase::Registered;
@@ -137,15 +152,16 @@ impl WaitState {
                 }
                 Phase::Registered => {
                     let mut inner = shared.inner.lock();
-                    if inner.closed {
+                    if inner.refuses_waits() {
                         drop(inner);
                         return self.finish(Err(WaitError::Closed));
                     }
-                    if !inner.holds(self.since, self.epoch, self.era) {
+                    if !inner.holds(self.at(), self.epoch, self.era) {
                         // A publish took our slot: the answer is ready, unless
                         // restarts brought the sequence back to our very
-                        // cursor, in which case we wait again.
-                        match inner.answer(self.since, self.epoch) {
+                        // cursor, or the cursor is held ahead and not reached
+                        // yet, in which case we wait again.
+                        match inner.answer_or_hold(self.since, self.epoch, shared.hold_ahead) {
                             Some(answer) => {
                                 drop(inner);
                                 return self.finish(Ok(answer));
@@ -183,7 +199,7 @@ impl WaitState {
         if self.phase == Phase::Registered {
             self.phase = Phase::Done;
             let mut inner = shared.inner.lock();
-            let waker = if inner.holds(self.since, self.epoch, self.era) {
+            let waker = if inner.holds(self.at(), self.epoch, self.era) {
                 inner.waiters.remove_waker(self.idx)
             } else {
                 None
@@ -430,5 +446,157 @@ impl<T> fmt::Debug for Registration<T> {
             .field("since", &self.since)
             .field("pending", &self.pending)
             .finish()
+    }
+}
+
+/// The two states a backplane sets on its broadcasters: cursors held
+/// ahead, and failing waits. Crate-internal, so tested here.
+#[cfg(all(test, feature = "tokio"))]
+mod backplane_states {
+    use std::time::Duration;
+
+    use tokio_test::task;
+    use tokio_test::{assert_pending, assert_ready};
+
+    use crate::{Broadcaster, Cursor, Resync, Version, WaitError};
+
+    fn held() -> Broadcaster<u64> {
+        Broadcaster::builder().history(8).hold_ahead(4).build(0)
+    }
+
+    #[test]
+    fn a_cursor_a_little_ahead_waits_until_reached_then_for_the_next_change() {
+        let b = held();
+        let cursor = Cursor::at(Version::new(3)).with_epoch(b.epoch());
+        let mut wait = task::spawn(b.wait(cursor));
+        assert_pending!(wait.poll());
+        for n in 1..=3 {
+            b.notify(n).unwrap();
+            assert!(wait.is_woken());
+            assert_pending!(wait.poll(), "version {n} is not past the cursor");
+            assert_eq!(b.waiter_count(), 1);
+        }
+        b.notify(4).unwrap();
+        let changed = assert_ready!(wait.poll()).unwrap();
+        assert_eq!(changed.resync(), None);
+        assert_eq!(changed.version(), Version::new(4));
+    }
+
+    #[test]
+    fn a_cursor_far_ahead_or_a_callback_is_answered_at_once() {
+        let b = held();
+        let far = Cursor::at(Version::new(5)).with_epoch(b.epoch());
+        let changed = assert_ready!(task::spawn(b.wait(far)).poll()).unwrap();
+        assert_eq!(changed.resync(), Some(Resync::Ahead));
+        let near = Cursor::at(Version::new(1)).with_epoch(b.epoch());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reg = b.register(near, move |r| tx.send(r).unwrap()).unwrap();
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap().resync(),
+            Some(Resync::Ahead)
+        );
+        drop(reg);
+    }
+
+    #[test]
+    fn a_held_cursor_dropped_after_a_publish_leaves_no_slot() {
+        let b = held();
+        let cursor = Cursor::at(Version::new(2)).with_epoch(b.epoch());
+        let mut first = task::spawn(b.wait(cursor));
+        assert_pending!(first.poll());
+        b.notify(1).unwrap(); // takes its slot; it has not looked yet
+        let mut second = task::spawn(b.wait(Cursor::NEXT));
+        assert_pending!(second.poll());
+        drop(first); // must not remove `second`'s slot
+        assert_eq!(b.waiter_count(), 1);
+        b.notify(2).unwrap();
+        assert_eq!(
+            assert_ready!(second.poll()).unwrap().version(),
+            Version::new(2)
+        );
+        assert_eq!(b.waiter_count(), 0);
+    }
+
+    #[test]
+    fn failing_answers_waits_closed_and_clearing_it_lets_them_wait_again() {
+        let b = held();
+        let mut pending = task::spawn(b.wait(Cursor::NEXT));
+        assert_pending!(pending.poll());
+        let mut stale = task::spawn(b.wait(Cursor::NEXT));
+        assert_pending!(stale.poll());
+        assert!(b.set_failing(true));
+        assert!(!b.set_failing(true));
+        assert_eq!(
+            assert_ready!(pending.poll()).unwrap_err(),
+            WaitError::Closed
+        );
+        let mut refused = task::spawn(b.wait(Cursor::NEXT));
+        assert_eq!(
+            assert_ready!(refused.poll()).unwrap_err(),
+            WaitError::Closed
+        );
+        assert!(b.set_failing(false));
+        // Woken while failing, polled only after: it waits again, in a slot
+        // of its own.
+        assert_pending!(stale.poll());
+        let mut fresh = task::spawn(b.wait(Cursor::NEXT));
+        assert_pending!(fresh.poll());
+        assert_eq!(b.waiter_count(), 2);
+        drop(stale);
+        assert_eq!(b.waiter_count(), 1);
+        b.notify(9).unwrap();
+        assert_eq!(**assert_ready!(fresh.poll()).unwrap().value(), 9);
+        assert!(!b.is_closed());
+    }
+
+    /// Many tasks on two threads wait with cursors at, behind and ahead of
+    /// the current version, some dropped half-way, while another thread
+    /// publishes: every wait ends past its cursor, none is lost, no slot
+    /// is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_cursors_under_concurrent_publishes_lose_no_wake_up() {
+        let b = Broadcaster::builder()
+            .history(4)
+            .hold_ahead(u8::MAX)
+            .build(0u64);
+        let publisher = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                for n in 1..=2_000u64 {
+                    b.notify(n).unwrap();
+                    if n % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        };
+        let mut tasks = Vec::new();
+        for i in 0..400u64 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move {
+                let now = b.version().get();
+                let target = (now + i % 7).saturating_sub(2).min(2_000);
+                let cursor = Cursor::at(Version::new(target)).with_epoch(b.epoch());
+                if i % 5 == 0 {
+                    // Dropped while it may be held.
+                    let _ = tokio::time::timeout(Duration::from_micros(i), b.wait(cursor)).await;
+                    return None;
+                }
+                let r = b.wait_timeout(cursor, Duration::from_secs(2)).await;
+                Some((target, r))
+            }));
+        }
+        publisher.await.unwrap();
+        for t in tasks {
+            if let Some((target, r)) = t.await.unwrap() {
+                match r {
+                    Ok(changed) => assert!(changed.version().get() > target),
+                    // Cursor at the very last version: nothing came after.
+                    Err(WaitError::TimedOut) => assert_eq!(target, 2_000),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        assert_eq!(b.waiter_count(), 0);
     }
 }

@@ -200,9 +200,10 @@ async fn a_publish_wakes_every_waiter_on_both_instances() {
     for ch in [&on_a, &on_b] {
         for _ in 0..500 {
             let ch = ch.clone();
+            let cursor = ch.current().cursor(); // version 0, with the epoch
             waiters.push(tokio::spawn(async move {
                 ch.broadcaster()
-                    .wait_timeout(Version::ZERO, WAIT)
+                    .wait_timeout(cursor, WAIT)
                     .await
                     .map(|c| (c.version(), **c.value()))
             }));
@@ -343,11 +344,17 @@ async fn a_snippet_that_raises_an_error_publishes_nothing() {
     let err = ch.modify(&bad).invoke().await.unwrap_err();
     assert!(err.is_server(), "{err:?}");
     assert!(!err.is_unavailable());
+    assert!(
+        ch.failure().is_none(),
+        "the snippet failed, not the channel"
+    );
     assert_eq!(ch.current().version(), Version::ZERO);
     // A new value that is not a `u32` is published (Redis has no types),
     // but reported as not decoding.
     let wrong = ModifyScript::new("return 'seven'");
     assert!(ch.modify(&wrong).invoke().await.unwrap_err().is_decode());
+    // Redis now holds a value that is not a `u32`: the channel says so.
+    assert!(ch.failure().expect("broken").is_decode());
     delete_prefix(&url, &prefix).await;
 }
 

@@ -59,6 +59,13 @@ impl BackplaneError {
         }
     }
 
+    /// An error of the same kind whose source is `shared`: for a failure
+    /// that is both kept (as a channel's [`failure`](super::Channel::failure))
+    /// and returned.
+    pub(crate) fn shared(shared: &std::sync::Arc<BackplaneError>) -> Self {
+        BackplaneError::new(shared.kind, std::sync::Arc::clone(shared))
+    }
+
     /// Classifies an error of the Redis client.
     pub(crate) fn from_redis(err: ::redis::RedisError) -> Self {
         use ::redis::{ErrorKind, ServerErrorKind};
@@ -79,10 +86,23 @@ impl BackplaneError {
             );
         let kind = if unavailable {
             Kind::Unavailable
+        } else if err.code() == Some("LONGPOLL_CORRUPT") {
+            // A script found a field of the channel's state that is not a
+            // number: the data, not the command, is wrong.
+            Kind::Decode
         } else {
             Kind::Server
         };
         BackplaneError::new(kind, err)
+    }
+
+    /// Whether a caller's [`ModifyScript`](super::ModifyScript) snippet
+    /// raised this error (the channel itself is fine).
+    pub(crate) fn is_snippet(&self) -> bool {
+        self.source
+            .as_deref()
+            .and_then(|s| s.downcast_ref::<::redis::RedisError>())
+            .is_some_and(|e| e.code() == Some(super::keys::SNIPPET_ERROR))
     }
 
     /// Redis could not be reached, or did not answer in time, or is not
@@ -104,9 +124,12 @@ impl BackplaneError {
         self.kind == Kind::Server
     }
 
-    /// The value stored in Redis does not decode as the channel's type (see
-    /// [`Codec`](super::Codec)): another program or another version wrote
-    /// the key. The source is the [`DecodeError`].
+    /// What Redis holds or sent for the channel is not what this crate
+    /// writes: a value that does not decode as the channel's type (see
+    /// [`Codec`](super::Codec)), a field of its state that is not a number,
+    /// a message or reply of the wrong shape. Another program or another
+    /// version wrote the key. Retrying reads the same data; the channel
+    /// heals once a good value is published (or the key is deleted).
     pub fn is_decode(&self) -> bool {
         self.kind == Kind::Decode
     }
@@ -152,6 +175,10 @@ impl fmt::Display for BackplaneError {
             Kind::Config => "invalid backplane configuration",
         };
         match &self.source {
+            // The same failure, kept and returned: said once.
+            Some(source) if source.is::<std::sync::Arc<BackplaneError>>() => {
+                fmt::Display::fmt(source, f)
+            }
             // A decode error already says what it is.
             Some(source) if self.kind == Kind::Decode => fmt::Display::fmt(source, f),
             Some(source) => write!(f, "{what}: {source}"),

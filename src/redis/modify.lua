@@ -2,39 +2,76 @@
 -- (defined above this text) compute the next one and, if it did, bump the
 -- version, store the value, append it to the history and PUBLISH it.
 --
--- KEYS[1]    the state hash: epoch, version, value
+-- KEYS[1]    the state hash: epoch, version, value, keep
 -- KEYS[2]    the history list: "<version> <value>" entries, oldest first
--- KEYS[3..]  the caller's keys, handed to `modify` as its KEYS
--- ARGV[1]    a fresh epoch, used if the state is missing
+-- KEYS[3]    the publish's idempotency key (KEYS[1] again if it has none)
+-- KEYS[4..]  the caller's keys, handed to `modify` as its KEYS
+-- ARGV[1]    a fresh epoch, used if the sequence must start again
 -- ARGV[2]    the initial value, used if the state is missing
--- ARGV[3]    how many updates the history keeps (1: no list)
+-- ARGV[3]    how many updates the caller's history keeps
 -- ARGV[4]    the Pub/Sub channel
--- ARGV[5..]  the caller's arguments, handed to `modify` as its ARGV
+-- ARGV[5]    the epoch the caller holds
+-- ARGV[6]    the version the caller holds
+-- ARGV[7]    epochs the caller left, space-separated ('' if none)
+-- ARGV[8]    how long to remember the idempotency key, in ms ('0': none)
+-- ARGV[9..]  the caller's arguments, handed to `modify` as its ARGV
 --
 -- Returns {epoch, version, value, changed, note}: `changed` is 1 if a new
--- version was published; `value` is the value now stored ('' after a
--- change unless `echo`); `note` is modify's second result ('' if none).
-local state_key, history_key = KEYS[1], KEYS[2]
-local keep, channel = tonumber(ARGV[3]), ARGV[4]
+-- version was published, 2 if the idempotency key was seen (nothing done;
+-- epoch and version are then those of the first publish, value is ''),
+-- 0 otherwise; `value` is the value now stored ('' after a change unless
+-- `echo`); `note` is modify's second result ('' if none). An error raised by
+-- `modify` comes back prefixed with LONGPOLL_SNIPPET.
+local state_key, history_key, once_key = KEYS[1], KEYS[2], KEYS[3]
+local channel, once_ms = ARGV[4], tonumber(ARGV[8])
+local retired = ' ' .. ARGV[7] .. ' '
 
-local state = redis.call('HMGET', state_key, 'epoch', 'version', 'value')
+if once_ms > 0 then
+  local seen = redis.call('GET', once_key)
+  if seen then
+    local e, v = string.match(seen, '^(%x+) (%d+)$')
+    if e then return {e, v, '', 2, ''} end
+  end
+end
+
+local state = redis.call('HMGET', state_key, 'epoch', 'version', 'value', 'keep')
 local epoch, version, value = state[1], state[2], state[3] or ''
-local created = not epoch
-if created then
+local restarted = false
+if not epoch then
   -- Never created, or lost (a restart without persistence, an eviction):
   -- start a new epoch, so that no client waits on the lost sequence.
   epoch, version, value = ARGV[1], '0', ARGV[2]
   redis.call('HSET', state_key, 'epoch', epoch, 'version', version, 'value', value)
   redis.call('DEL', history_key)
+  restarted = true
+else
+  local n = tonumber(version)
+  if not n or n < 0 or n ~= math.floor(n) then
+    return redis.error_reply('LONGPOLL_CORRUPT channel state has version ' .. tostring(version))
+  end
+  if (epoch == ARGV[5] and n < tonumber(ARGV[6]))
+      or (epoch ~= ARGV[5] and string.find(retired, ' ' .. epoch .. ' ', 1, true)) then
+    -- Behind what the caller already saw (see sync.lua): a new epoch
+    -- before this publish, so that no version carries two values.
+    epoch = ARGV[1]
+    redis.call('HSET', state_key, 'epoch', epoch)
+    redis.call('DEL', history_key)
+    restarted = true
+  end
 end
 
 local keys, argv = {}, {}
-for i = 3, #KEYS do keys[#keys + 1] = KEYS[i] end
-for i = 5, #ARGV do argv[#argv + 1] = ARGV[i] end
-local new, note = modify(value, keys, argv)
+for i = 4, #KEYS do keys[#keys + 1] = KEYS[i] end
+for i = 9, #ARGV do argv[#argv + 1] = ARGV[i] end
+local ok, new, note = pcall(modify, value, keys, argv)
+if not ok then
+  local message = new
+  if type(message) == 'table' then message = message.err end
+  return redis.error_reply('LONGPOLL_SNIPPET ' .. tostring(message))
+end
 if note == nil or note == false then note = '' else note = tostring(note) end
 if new == nil or new == false then
-  if created then
+  if restarted then
     -- Tell the other instances about the new epoch.
     redis.call('PUBLISH', channel, epoch .. ' ' .. version .. ' ' .. value)
   end
@@ -44,9 +81,14 @@ end
 new = tostring(new)
 version = string.format('%d', redis.call('HINCRBY', state_key, 'version', 1))
 redis.call('HSET', state_key, 'value', new)
+-- The history depth is the channel's: the largest any instance asked for.
+local keep = math.max(tonumber(state[4]) or 1, tonumber(ARGV[3]))
 if keep > 1 then
   redis.call('RPUSH', history_key, version .. ' ' .. new)
   redis.call('LTRIM', history_key, -keep, -1)
+end
+if once_ms > 0 then
+  redis.call('SET', once_key, epoch .. ' ' .. version, 'PX', once_ms)
 end
 redis.call('PUBLISH', channel, epoch .. ' ' .. version .. ' ' .. new)
 if not echo then new = '' end

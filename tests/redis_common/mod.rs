@@ -99,19 +99,37 @@ pub(crate) async fn command<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cm
     cmd.query_async(&mut conn).await.expect("command succeeds")
 }
 
-/// A private `redis-server` without persistence, on a free port, that a
-/// test may kill and restart. Killed on drop.
+/// A private `redis-server` on a free port, that a test may kill, restart,
+/// put to sleep (`DEBUG` is enabled) and restore from an older RDB file.
+/// Without persistence unless started with [`OwnRedis::start_with`]. Killed
+/// on drop, its directory removed.
 pub(crate) struct OwnRedis {
     port: u16,
     child: Option<Child>,
+    dir: std::path::PathBuf,
+    persistent: bool,
 }
 
 impl OwnRedis {
     /// Starts one, or returns `None` (after printing why) if `redis-server`
     /// cannot be run.
     pub(crate) fn start(test: &str) -> Option<OwnRedis> {
+        Self::start_with(test, false)
+    }
+
+    /// As [`start`](Self::start), with `appendonly yes` and
+    /// `appendfsync always` when `persistent`: a restart keeps every write.
+    pub(crate) fn start_with(test: &str, persistent: bool) -> Option<OwnRedis> {
         let port = free_port();
-        let mut redis = OwnRedis { port, child: None };
+        let dir =
+            std::env::temp_dir().join(format!("longpoll-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut redis = OwnRedis {
+            port,
+            child: None,
+            dir,
+            persistent,
+        };
         match redis.spawn() {
             Ok(()) => Some(redis),
             Err(why) => {
@@ -130,11 +148,13 @@ impl OwnRedis {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        let appendonly = if self.persistent { "yes" } else { "no" };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .args(["--save", "", "--appendonly", appendonly])
+            .args(["--appendfsync", "always", "--enable-debug-command", "yes"])
+            .args(["--dir", &self.dir.to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -158,9 +178,63 @@ impl OwnRedis {
         }
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Starts the server again on the same port: empty, or with every
+    /// write if persistent, or from the RDB file if one was put in place.
     pub(crate) fn restart(&mut self) {
         self.kill();
+        self.spawn().expect("redis-server restarts");
+    }
+
+    /// Blocks the server for `seconds` (`DEBUG SLEEP`), as a slow script
+    /// would; returns once it answers again.
+    pub(crate) async fn sleep(&self, seconds: f64) {
+        let addr = self.addr();
+        tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).expect("redis answers");
+            write!(s, "DEBUG SLEEP {seconds}\r\n").expect("the command is sent");
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).expect("redis wakes up");
+            assert_eq!(&buf, b"+OK\r\n");
+        })
+        .await
+        .expect("the sleeper finishes");
+    }
+
+    /// Writes an RDB snapshot now (`SAVE`) and returns its bytes, or `None`
+    /// if Redis refused (a background save in progress, say).
+    pub(crate) async fn snapshot(&self) -> Option<Vec<u8>> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let saved: redis::RedisResult<()> = redis::cmd("SAVE").query_async(&mut conn).await;
+        saved.ok()?;
+        std::fs::read(self.dir.join("dump.rdb")).ok()
+    }
+
+    /// Kills the server and starts it again from `rdb` (an older
+    /// [`snapshot`](Self::snapshot)), as after a restore from backup.
+    pub(crate) fn restore(&mut self, rdb: &[u8]) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        std::fs::write(self.dir.join("dump.rdb"), rdb).expect("the snapshot is put back");
+        let persistent = std::mem::replace(&mut self.persistent, false);
+        self.spawn()
+            .expect("redis-server restarts from the snapshot");
+        self.persistent = persistent;
+        if persistent {
+            // From here on, every write is kept again.
+            let mut s = TcpStream::connect(self.addr()).expect("redis answers");
+            s.write_all(b"CONFIG SET appendonly yes\r\n").expect("sent");
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).expect("answered");
+        }
+    }
+
+    /// Kills the server and starts it again with no data at all, as a
+    /// restart without persistence.
+    pub(crate) fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
         self.spawn().expect("redis-server restarts");
     }
 }
@@ -168,6 +242,7 @@ impl OwnRedis {
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
