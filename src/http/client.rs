@@ -41,6 +41,7 @@ pub const TEXT_JAVASCRIPT: HeaderValue = HeaderValue::from_static("text/javascri
 ///
 /// let app: Router = Router::new()
 ///     .route("/longpoll.js", get(|| async { longpoll::http::client_js_response() }));
+/// # drop(app);
 /// ```
 ///
 /// In a hyper `service_fn`: `"/longpoll.js" => Ok(longpoll::http::client_js_response())`.
