@@ -22,6 +22,8 @@
 //!   planned delay is at most `Retry-After` plus the capped ceiling;
 //! * overlapping, stale and foreign-epoch answers from a scripted server
 //!   (long poll and SSE) are delivered once, or as a resync;
+//! * the browser back online cuts a wait short, and the backoff starts
+//!   over;
 //! * aborting the signal stops everything: held polls and streams are
 //!   released on the server, no request follows (also from a backoff
 //!   wait), and no callback;
@@ -317,6 +319,13 @@ mod in_chromium {
         .await;
         start(
             &page,
+            "online",
+            &format!("{direct}/down-for-a-minute"),
+            json!({}),
+        )
+        .await;
+        start(
+            &page,
             "down",
             &format!("{direct}/down"),
             json!({ "retry": { "base": 100, "cap": 200 } }),
@@ -589,6 +598,42 @@ mod in_chromium {
             "the stream never failed to open"
         );
 
+        // Back online (the browser says so): no more waiting.
+        let retrying = |log: &Value| -> Vec<Value> {
+            statuses(log)
+                .into_iter()
+                .filter(|s| s["state"] == "retrying")
+                .collect()
+        };
+        let reports = wait_until("a minute's wait", UI_TIMEOUT, || async {
+            let reports = retrying(&log(&page, "online").await?);
+            Ok(if reports.is_empty() {
+                Err("no retry yet".to_owned())
+            } else {
+                Ok(reports)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0]["retryAfter"], 60_000);
+        assert_eq!(api.count("/down-for-a-minute"), 1);
+        page.execute("window.dispatchEvent(new Event('online'));", json!([]))
+            .await
+            .unwrap();
+        wait_until("a retry once back online", UI_TIMEOUT, || async {
+            let reports = retrying(&log(&page, "online").await?);
+            Ok(if reports.len() == 2 {
+                Ok(reports)
+            } else {
+                Err(format!("{reports:?}"))
+            })
+        })
+        .await
+        .map(|reports| assert_eq!(reports[1]["attempt"], 1, "the backoff starts over"))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(api.count("/down-for-a-minute"), 2);
+
         // Abort while waiting out a 503: no request follows.
         page.execute("window.abort('down');", json!([]))
             .await
@@ -610,6 +655,7 @@ mod in_chromium {
             "flaky",
             "replay",
             "replay-stream",
+            "online",
         ] {
             page.execute("window.abort(arguments[0]);", json!([name]))
                 .await

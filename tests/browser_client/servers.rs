@@ -90,6 +90,10 @@ impl Servers {
             .route("/rooms", get(rooms_poll))
             .route("/flaky", get(flaky_poll))
             .route("/down", get(|| async { unavailable(Some(1)) }))
+            .route(
+                "/down-for-a-minute",
+                get(|| async { unavailable(Some(60)) }),
+            )
             .route("/broken-events", get(|| async { unavailable(Some(1)) }))
             .route("/replay", get(replay))
             .route("/replay/events", get(replay_events))
