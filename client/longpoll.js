@@ -21,9 +21,9 @@
  *
  * - **The cursor.** It keeps the epoch and version of the last update it
  *   delivered, sends them back with every request (`since` and `epoch`, or
- *   `cursors` for several keys), and never delivers an update at or below
- *   it in the same epoch: a late, repeated or overlapping answer after a
- *   reconnect is dropped, never shown.
+ *   `cursors` for several keys), and, unless a resync comes first, never
+ *   delivers an update at or below it in the same epoch: a late, repeated
+ *   or overlapping answer after a reconnect is dropped, never shown.
  * - **Long polls.** `200` answers are delivered, `204` (the server's timeout)
  *   polls again at once. The envelope (`{"epoch","version","updates","resync"}`)
  *   carries every update since the cursor, so a client back from a network
@@ -244,6 +244,7 @@ export function subscribe(url, options) {
 
   // A new baseline for `key`: tell the page, and start over.
   const resync = (key, info) => {
+    if (signal.aborted) return;
     cursors.set(key, { epoch: info.epoch, version: -1 });
     const { reason, skipped, epoch } = info;
     const out = skipped === undefined ? { reason, epoch } : { reason, skipped, epoch };
@@ -421,7 +422,7 @@ export function subscribe(url, options) {
         report(new Error("longpoll: an event without an <epoch>-<version> id or JSON data"));
         return;
       }
-      if (pending && !signal.aborted) resync("", { ...pending, epoch: id.epoch });
+      if (pending) resync("", { ...pending, epoch: id.epoch });
       pending = null;
       offer("", id.epoch, id.version, data);
     };
