@@ -39,98 +39,30 @@ fn chat_pages_by_poll_and_sse_see_every_message_once_across_network_cuts() {
 mod app;
 
 #[cfg(feature = "axum")]
+#[path = "common/cut_proxy.rs"]
+mod cut_proxy;
+
+#[cfg(feature = "axum")]
 mod in_chromium {
     use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use longpoll::sse::SseConfig;
-    use parking_lot::Mutex;
     use serde_json::json;
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio::task::AbortHandle;
+    use tokio::net::TcpListener;
 
     use crate::app;
+    use crate::cut_proxy::Proxy;
     use crate::webdriver::{self, wait_until, ChromeDriver, Session};
 
     /// Long enough for a change to reach a page over loopback many times.
     const UI_TIMEOUT: Duration = Duration::from_secs(10);
-    /// The long-poll page backs off up to 8 s between failed attempts.
+    /// The pages' client backs off up to 30 s, but after a 2 s cut waits
+    /// a few seconds at most.
     const RECONNECT_TIMEOUT: Duration = Duration::from_secs(25);
     /// How long the network stays cut.
     const CUT: Duration = Duration::from_secs(2);
     const HISTORY: usize = 5;
     const ROOM: &str = "e2e";
-
-    /// A loopback TCP proxy that can drop every connection and refuse new
-    /// ones, then let them through again.
-    struct Proxy {
-        addr: SocketAddr,
-        cut: Arc<AtomicBool>,
-        conns: Arc<Mutex<Vec<AbortHandle>>>,
-        accept: AbortHandle,
-    }
-
-    impl Proxy {
-        async fn start(upstream: SocketAddr) -> Proxy {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let cut = Arc::new(AtomicBool::new(false));
-            let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-            let accept = tokio::spawn({
-                let (cut, conns) = (cut.clone(), conns.clone());
-                async move {
-                    loop {
-                        let Ok((mut inbound, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        if cut.load(Ordering::SeqCst) {
-                            drop(inbound); // refused: closed at once
-                            continue;
-                        }
-                        let task = tokio::spawn(async move {
-                            if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-                                    .await;
-                            }
-                        });
-                        let mut conns = conns.lock();
-                        conns.retain(|c| !c.is_finished());
-                        conns.push(task.abort_handle());
-                    }
-                }
-            })
-            .abort_handle();
-            Proxy {
-                addr,
-                cut,
-                conns,
-                accept,
-            }
-        }
-
-        /// Drops every open connection and refuses new ones.
-        fn cut(&self) {
-            self.cut.store(true, Ordering::SeqCst);
-            for c in self.conns.lock().drain(..) {
-                c.abort();
-            }
-        }
-
-        fn restore(&self) {
-            self.cut.store(false, Ordering::SeqCst);
-        }
-    }
-
-    impl Drop for Proxy {
-        fn drop(&mut self) {
-            self.accept.abort();
-            for c in self.conns.lock().drain(..) {
-                c.abort();
-            }
-        }
-    }
 
     /// `[name, text]` of every message a page shows, in order.
     async fn shown(page: &Session<'_>) -> webdriver::Result<Vec<(String, String)>> {
@@ -234,7 +166,6 @@ mod in_chromium {
         let server = listener.local_addr().unwrap();
         let settings = app::Settings {
             history: HISTORY,
-            sse: SseConfig::new().retry(Duration::from_millis(300)),
             ..app::Settings::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

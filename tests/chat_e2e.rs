@@ -407,6 +407,24 @@ async fn bad_rooms_bad_messages_and_markup_are_handled() {
 }
 
 #[tokio::test]
+async fn the_page_imports_the_browser_client_the_server_serves() {
+    let s = Server::start(settings(5)).await;
+    let c = client();
+    let page = c.get(s.url("/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let page = page.text().await.unwrap();
+    assert!(page.contains(r#"import { subscribe } from "/longpoll.js";"#));
+    let js = c.get(s.url("/longpoll.js")).send().await.unwrap();
+    assert_eq!(js.status(), 200);
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(js.text().await.unwrap(), longpoll::http::CLIENT_JS);
+}
+
+#[tokio::test]
 async fn past_the_room_limit_new_rooms_get_503_and_old_ones_work() {
     let s = Server::start(app::Settings {
         max_rooms: 2,

@@ -4,6 +4,7 @@
 //! | endpoint                      | what                                                        |
 //! |-------------------------------|-------------------------------------------------------------|
 //! | `GET /`                       | the page (`?room=<name>&transport=poll\|sse`)               |
+//! | `GET /longpoll.js`            | the browser client the page imports (`longpoll::http::CLIENT_JS`) |
 //! | `GET /rooms/{room}/messages`  | long poll: `since`, `epoch`, `timeout`; no cursor: the room's retained messages at once |
 //! | `GET /rooms/{room}/events`    | server-sent events: `Last-Event-ID` or `since` + `epoch`    |
 //! | `GET /rooms?keys=a,b&cursors=..` | one long poll over several rooms                        |
@@ -33,8 +34,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use longpoll::http::{
-    error_response, media_type_is, BodyFormat, Form, KeyedPoll, KeyedPollConfig, KeyedRequest,
-    PollConfig, PollRequest,
+    client_js_response, error_response, media_type_is, BodyFormat, Form, KeyedPoll,
+    KeyedPollConfig, KeyedRequest, PollConfig, PollRequest,
 };
 use longpoll::keyed::{Keyed, KeyedPublishError, TooManyKeys};
 use longpoll::sse::{event_id, EventStreams, SseConfig};
@@ -42,7 +43,8 @@ use longpoll::Update;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-/// The page, served as is: everything it needs is inline.
+/// The page, served as is: everything it needs is inline, but for the
+/// browser client it imports from `/longpoll.js`.
 const PAGE: &str = include_str!("chat.html");
 /// The largest request body accepted (413 past it).
 const MAX_BODY: usize = 16 * 1024;
@@ -203,6 +205,7 @@ fn room_error(room: &str) -> Option<Response> {
 pub(crate) fn router(chat: Chat) -> Router {
     Router::new()
         .route("/", get(page))
+        .route("/longpoll.js", get(|| async { client_js_response() }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/rooms", get(poll_rooms))
         .route("/rooms/{room}/messages", get(poll).post(post))
@@ -218,11 +221,12 @@ async fn page() -> Response {
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    // The page loads nothing from elsewhere, and no script but its own.
+    // The page loads nothing from elsewhere, and no script but its own and
+    // the client it imports from this server.
     headers.insert(
         "content-security-policy",
         HeaderValue::from_static(
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'",
         ),
     );
     resp

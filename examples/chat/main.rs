@@ -10,8 +10,9 @@
 //! ```
 //!
 //! The files: `app.rs` (state, routes, serving; the tests use it too) and
-//! `chat.html` (the page: vanilla JS, no external resources, every message
-//! written with `textContent`).
+//! `chat.html` (the page: vanilla JS on the crate's browser client,
+//! `longpoll.js`, which the server serves too; no external resources;
+//! every message written with `textContent`).
 //!
 //! On Ctrl-C or SIGTERM the server stops accepting, closes every room (held
 //! long polls get `503` with `Retry-After: 1`, event streams end, and the

@@ -277,6 +277,17 @@
 //! # }
 //! ```
 //!
+//! # A browser client
+//!
+//! [`CLIENT_JS`] is `client/longpoll.js`, an ES module without
+//! dependencies that speaks all of the above from a page: the cursor in the
+//! query (so no preflight from another origin), the `204` loop, `503` and
+//! `Retry-After` with a capped, jittered backoff, the envelope's batches
+//! and resync reasons, several keys in one poll, and event streams with the
+//! long poll as a fallback. [`client_js_response`] serves it in one line
+//! (`.route("/longpoll.js", get(|| async { client_js_response() }))` in
+//! axum); a page then calls `subscribe(url, { onUpdate, onResync })`.
+//!
 //! # Shutdown
 //!
 //! Close the broadcaster ([`Broadcaster::close`]) when the server stops
@@ -293,6 +304,7 @@
 pub(crate) mod answer;
 #[cfg(feature = "axum")]
 mod axum;
+mod client;
 mod form;
 mod if_none_match;
 mod keyed;
@@ -302,6 +314,7 @@ mod request;
 mod service;
 
 pub use answer::{error_response, BodyFormat, FullBody, APPLICATION_JSON};
+pub use client::{client_js_response, CLIENT_JS, TEXT_JAVASCRIPT};
 
 /// The response headers a page on another origin must be allowed to read:
 /// `ETag` (its next cursor) and `Retry-After` (how long to back off after a
