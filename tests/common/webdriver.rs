@@ -62,6 +62,19 @@ impl std::error::Error for Error {}
 /// Result of a WebDriver call.
 pub(crate) type Result<T> = std::result::Result<T, Error>;
 
+/// Why one attempt to start chromedriver failed.
+enum StartError {
+    /// It exited before listening: worth another try.
+    Exited(Error),
+    Other(Error),
+}
+
+impl From<Error> for StartError {
+    fn from(e: Error) -> Self {
+        StartError::Other(e)
+    }
+}
+
 fn err(msg: impl Into<String>) -> Error {
     Error(msg.into())
 }
@@ -107,7 +120,26 @@ pub(crate) struct ChromeDriver {
 impl ChromeDriver {
     /// Starts `chromedriver` on a free loopback port and waits until it
     /// listens.
+    ///
+    /// chromedriver picks its port itself (`--port=0`) and now and then
+    /// exits at once with "bind() failed: Address already in use" (its IPv4
+    /// and IPv6 listeners race other processes for the same number): such a
+    /// start is tried again, up to three times in all.
     pub(crate) fn start() -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once() {
+                Err(StartError::Exited(e)) if attempt < 3 => {
+                    eprintln!("chromedriver exited at start ({e}); trying again");
+                    attempt += 1;
+                }
+                Err(StartError::Exited(e) | StartError::Other(e)) => return Err(e),
+                Ok(driver) => return Ok(driver),
+            }
+        }
+    }
+
+    fn start_once() -> std::result::Result<Self, StartError> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -138,7 +170,7 @@ impl ChromeDriver {
             Ok(child) => child,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&scratch);
-                return Err(err(format!("cannot start {}: {e}", driver_path.display())));
+                return Err(err(format!("cannot start {}: {e}", driver_path.display())).into());
             }
         };
 
@@ -162,11 +194,17 @@ impl ChromeDriver {
             scratch,
             profiles: AtomicUsize::new(0),
         };
-        let port = rx.recv_timeout(DRIVER_START_TIMEOUT).map_err(|_| {
-            err(format!(
+        let port = rx.recv_timeout(DRIVER_START_TIMEOUT).map_err(|e| match e {
+            // The reader thread ended: chromedriver closed its stdout,
+            // that is, it exited without listening.
+            mpsc::RecvTimeoutError::Disconnected => StartError::Exited(err(format!(
+                "{} exited before it reported a port",
+                driver_path.display()
+            ))),
+            mpsc::RecvTimeoutError::Timeout => StartError::Other(err(format!(
                 "{} did not report a port within {DRIVER_START_TIMEOUT:?}",
                 driver_path.display()
-            ))
+            ))),
         })?;
         driver.base = format!("http://127.0.0.1:{port}");
         Ok(driver)
