@@ -5,7 +5,8 @@
 //! last gets every answer, in order.
 //!
 //! How much a slow client slows the fan-out is measured, not asserted here:
-//! `cargo run --release --example soak` prints the ratio.
+//! `cargo run --release -p longpoll-tools --bin soak -- --fanout-only` prints
+//! the ratio.
 
 mod common;
 mod raw_http;

@@ -3,8 +3,8 @@
 //! how long every held poll takes to be answered.
 //!
 //! ```text
-//! cargo run --release --features http --example shopping_cart -- --addr 127.0.0.1:9999 &
-//! cargo run --release --example loadgen -- --url http://127.0.0.1:9999 --polls 10000 --pid $!
+//! cargo run --release --example shopping_cart -- --addr 127.0.0.1:9999 &
+//! cargo run --release -p longpoll-tools --bin loadgen -- --url http://127.0.0.1:9999 --polls 10000 --pid $!
 //! ```
 //!
 //! One round: wait until the server's `/stats` shows all N polls held, read
