@@ -16,21 +16,17 @@
 //!   limit alone for HTTP/1.1 and `max_header_list_size` for HTTP/2). So a
 //!   connection never buffers more than that for one request head, where
 //!   hyper's default would let it buffer about 400 KiB.
-//! * `--header-timeout`: hyper's HTTP/1 header-read timeout. hyper starts it
-//!   when it starts reading a request (at once on a new connection) *and*
-//!   again after each answer on a keep-alive connection, so it is also
-//!   HTTP/1's idle keep-alive timeout. With `--h2c`, hyper-util's auto
-//!   builder first reads until it can tell HTTP/1 from HTTP/2, with no
-//!   timeout; so a connection on which no request has started within
-//!   `--header-timeout` is closed by the [sweep](super::tracker) too,
-//!   whichever protocol it speaks.
-//! * `--idle-timeout`: a connection with no request in progress for this long
-//!   is closed by the [sweep](super::tracker). It is the idle timeout of
-//!   HTTP/2 connections, where hyper has no header timeout, and it ends a
-//!   connection whose client stopped reading its answers: hyper has no write
-//!   timeout, so without it such a connection would keep its task, its
-//!   buffers and its place under `--max-connections` forever. A held long
-//!   poll is a request in progress, so it is never idle.
+//! * `--header-timeout` and `--idle-timeout`: enforced by the
+//!   [tracker](super::tracker), which sweeps every connection a few times per
+//!   timeout instead of keeping a timer in each: the next request's head
+//!   must arrive within `--header-timeout` of the connection's start or
+//!   (HTTP/1.1 keep-alive) of its previous answer; a connection with no
+//!   request in progress, or whose answer has been stuck in its socket (the
+//!   client stopped reading), is closed after `--idle-timeout`. hyper has no
+//!   write timeout: without the second, a client that stops reading would
+//!   keep its task, its buffers and its place under `--max-connections`
+//!   forever. A held long poll is a request in progress, so it is never
+//!   idle.
 //!
 //! HTTP/1.1 is served by hyper's own `http1` builder; `--h2c` switches to
 //! hyper-util's auto builder, which serves HTTP/2 with prior knowledge on the
@@ -43,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -93,18 +89,16 @@ impl Builders {
         let max_buf = limits.max_header_bytes;
         if limits.h2c {
             let mut auto = auto::Builder::new(TokioExecutor::new());
-            auto.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(max_buf);
+            // The header timeout is the tracker's (see its docs), not a
+            // timer of hyper's per request.
+            auto.http1().header_read_timeout(None).max_buf_size(max_buf);
             auto.http2()
                 .max_header_list_size(limits.max_header_bytes as u32);
             Builders::Auto(auto)
         } else {
             let mut http1 = http1::Builder::new();
             http1
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
+                .header_read_timeout(None)
                 .max_buf_size(max_buf)
                 .max_header_size(limits.max_header_bytes);
             Builders::Http1(http1)

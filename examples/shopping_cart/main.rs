@@ -45,12 +45,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 pub(crate) use conn::Limits;
 pub(crate) use routes::App;
-use tracker::{Tracked, Tracker};
+use tracker::{Io, Tracked, Tracker};
 
 /// How long connections get, once the broadcaster is closed, to send their
 /// last answers before the process exits anyway.
@@ -210,7 +209,7 @@ pub(crate) async fn serve_with(
                 };
                 let activity = tracker.open(slot);
                 let service = routes::Service::new(Arc::clone(&app), Arc::clone(&activity));
-                let io = TokioIo::new(tcp);
+                let io = Io::new(tcp, Arc::clone(&activity));
                 // A task per connection: a held long poll must not delay
                 // anyone else. Its place under `--max-connections` is
                 // returned when it ends: done, failed, or closed by the

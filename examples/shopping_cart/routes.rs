@@ -107,7 +107,8 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future = Answer;
 
     fn call(&self, req: Request<Incoming>) -> Answer {
-        route(&self.app, req, self.activity.begin())
+        let busy = self.activity.begin(req.version() == hyper::Version::HTTP_2);
+        route(&self.app, req, busy)
     }
 }
 

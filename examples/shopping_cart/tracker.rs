@@ -1,33 +1,49 @@
 //! The open connections, watched from one place: which have been idle too
 //! long (closed), and the graceful shutdown (drained).
 //!
-//! Each connection shares an [`Activity`] with the tracker: a count of its
-//! requests in progress, when that count last changed, and its task's waker.
-//! One sweep task ([`Tracker::sweep`]) looks at every connection a few times
-//! per timeout and closes the ones idle too long. A per-connection timer
-//! would do the same, but it sits in every connection's task (a tokio
-//! `Sleep`, a `Notify` and its `Notified` future: a few hundred bytes per
-//! held poll, and a timer-wheel entry re-armed on every request); the sweep
-//! costs each connection its `Activity` (under 100 bytes) and the server a
-//! scan of a few microseconds per thousand connections. A connection is
-//! closed between one timeout and one sweep interval (a quarter of the
-//! shorter timeout, between 10 ms and 1 s) after it became idle.
+//! Each connection shares an [`Activity`] with the tracker: its requests in
+//! progress, whether it speaks HTTP/2, whether an answer is stuck in its
+//! socket (the client stopped reading), since when it has been idle, and its
+//! task's waker. Its service marks requests ([`Activity::begin`]) and its
+//! socket ([`Io`]) marks writes that cannot go out. One sweep task
+//! ([`Tracker::sweep`]) looks at every connection a few times per timeout
+//! and closes the ones idle too long. A connection with a request in
+//! progress (a held long poll) is never idle; otherwise it is closed after
+//!
+//! * `--header-timeout` when no request has started since it opened, or
+//!   (HTTP/1.1) since its last answer: the next request's head must arrive
+//!   within it, whether the client sends nothing or sends it too slowly;
+//! * `--idle-timeout` when no request has been in progress that long (an
+//!   idle keep-alive connection, HTTP/1.1 or HTTP/2), or an answer has been
+//!   stuck in its socket that long (the client stopped reading).
+//!
+//! The alternative, a timer per connection, sits in every connection: hyper's
+//! header-read timeout is a boxed tokio `Sleep` created and registered for
+//! every request, and an idle timer costs each connection's task a `Sleep`, a
+//! `Notify` and its `Notified` future (a few hundred bytes per held poll).
+//! The sweep costs each connection its `Activity` (under 100 bytes, no
+//! timer) and the server a scan of a few microseconds per thousand
+//! connections. A connection is closed between its timeout and one sweep
+//! interval (a quarter of the shorter timeout, from 10 ms to 1 s) later.
 //!
 //! On shutdown, [`Tracker::drain`] asks every connection to finish what it
 //! is answering and close (hyper's graceful shutdown); those still open
 //! after the drain time are closed by [`Tracker::close_all`].
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures::task::AtomicWaker;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulConnection;
 use parking_lot::Mutex;
 use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::conn::Limits;
@@ -38,14 +54,20 @@ const CLOSE: u32 = 1 << 31;
 const DRAIN: u32 = 1 << 30;
 /// `Activity::state`: a request has started on the connection.
 const STARTED: u32 = 1 << 29;
+/// `Activity::state`: a request came as HTTP/2.
+const HTTP2: u32 = 1 << 28;
+/// `Activity::state`: a write could not go out (the socket's buffer is full)
+/// and none has since.
+const STUCK: u32 = 1 << 27;
 /// `Activity::state`: the requests in progress.
-const IN_FLIGHT: u32 = STARTED - 1;
+const IN_FLIGHT: u32 = STUCK - 1;
 
 /// One connection's state, shared by its task, its service and the tracker.
 pub(crate) struct Activity {
     /// The flags above and the count of requests in progress.
     state: AtomicU32,
-    /// When the count last fell to 0, or the connection opened ([`now`]).
+    /// When the connection opened, its count of requests last fell to 0,
+    /// or its writes got stuck or went out again ([`now`]).
     idle_since: AtomicU64,
     /// The connection task's, woken when the tracker sets a flag.
     waker: AtomicWaker,
@@ -58,11 +80,29 @@ pub(crate) struct Activity {
 pub(crate) struct Busy(Arc<Activity>);
 
 impl Activity {
-    /// Marks a request as started, until the returned guard is dropped.
-    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
-        self.state.fetch_add(1, Ordering::SeqCst);
-        self.state.fetch_or(STARTED, Ordering::SeqCst);
+    /// Marks a request as started, until the returned guard is dropped;
+    /// `http2` if it came as HTTP/2.
+    pub(crate) fn begin(self: &Arc<Self>, http2: bool) -> Busy {
+        let before = self.state.fetch_add(1, Ordering::SeqCst);
+        let flags = STARTED | if http2 { HTTP2 } else { 0 };
+        if before & flags != flags {
+            self.state.fetch_or(flags, Ordering::SeqCst);
+        }
         Busy(Arc::clone(self))
+    }
+
+    /// Notes a write to the socket: `stuck` if it could not go out.
+    fn wrote(&self, stuck: bool) {
+        let state = self.state.load(Ordering::Relaxed);
+        if (state & STUCK != 0) != stuck {
+            // Since when it is stuck, or since it moved again.
+            self.idle_since.store(now(), Ordering::SeqCst);
+            if stuck {
+                self.state.fetch_or(STUCK, Ordering::SeqCst);
+            } else {
+                self.state.fetch_and(!STUCK, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Sets `flag` and wakes the connection's task to act on it.
@@ -78,10 +118,13 @@ impl Activity {
         if state & (IN_FLIGHT | CLOSE) != 0 {
             return;
         }
-        let limit = if state & STARTED != 0 {
+        let limit = if state & STARTED == 0 {
+            limits.header_timeout
+        } else if state & (STUCK | HTTP2) != 0 {
             limits.idle_timeout
         } else {
-            limits.header_timeout
+            // HTTP/1.1 waiting for the next request's head.
+            limits.header_timeout.min(limits.idle_timeout)
         };
         let idle = now.saturating_sub(self.idle_since.load(Ordering::SeqCst));
         // Only if no request started since the state was read.
@@ -189,6 +232,9 @@ pin_project! {
         #[pin]
         conn: C,
         activity: Arc<Activity>,
+        // The waker last given to `activity`: registered again only when
+        // the task's waker changes or a flag was raised (which takes it).
+        registered: Option<Waker>,
         draining: bool,
     }
 }
@@ -198,6 +244,7 @@ impl<C> Tracked<C> {
         Tracked {
             conn,
             activity,
+            registered: None,
             draining: false,
         }
     }
@@ -209,18 +256,94 @@ impl<C: GracefulConnection> Future for Tracked<C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         // Registered before the state is read: a flag raised after the read
-        // wakes this task again.
-        this.activity.waker.register(cx.waker());
+        // wakes this task again. A tokio task's waker stays the same from
+        // poll to poll, so this is one comparison almost always.
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            this.activity.waker.register(cx.waker());
+            *this.registered = Some(cx.waker().clone());
+        }
         let state = this.activity.state.load(Ordering::SeqCst);
         if state & CLOSE != 0 {
             return Poll::Ready(());
         }
         if state & DRAIN != 0 && !*this.draining {
             *this.draining = true;
+            // The flag's wake took the registered waker: a later `CLOSE`
+            // needs it again.
+            this.activity.waker.register(cx.waker());
             this.conn.as_mut().graceful_shutdown();
         }
         // A connection error (a client that went away, a header timeout)
         // concerns that client only.
         this.conn.poll(cx).map(|_| ())
+    }
+}
+
+/// A connection's socket, telling its [`Activity`] when an answer cannot
+/// go out (the client stopped reading) and when it goes out again.
+pub(crate) struct Io {
+    inner: TokioIo<TcpStream>,
+    activity: Arc<Activity>,
+}
+
+impl Io {
+    pub(crate) fn new(tcp: TcpStream, activity: Arc<Activity>) -> Io {
+        Io {
+            inner: TokioIo::new(tcp),
+            activity,
+        }
+    }
+
+    fn noted<T>(&self, written: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        self.activity.wrote(written.is_pending());
+        written
+    }
+}
+
+impl hyper::rt::Read for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.noted(written)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.noted(written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
