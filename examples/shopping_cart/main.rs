@@ -9,6 +9,7 @@
 //! | endpoint          | what                                                        |
 //! |-------------------|-------------------------------------------------------------|
 //! | `GET /`           | the page, with a `session` cookie for a new visitor         |
+//! | `GET /page.js`    | the page's script; `GET /favicon.ico`: its icon             |
 //! | `GET /status`     | the long poll: `since`, `epoch`, `timeout`, `If-None-Match` |
 //! | `POST /cart`      | `session=<id>&action=add\|remove`, form-encoded, at most 8 KiB |
 //! | `GET /stats`      | held long polls, version, epoch                             |
@@ -26,12 +27,15 @@
 //!   `--max-header-bytes`, the header and idle timeouts);
 //! * `tracker.rs`: the open connections, swept for idle ones, and drained
 //!   on shutdown;
-//! * `index.html`: the page, vanilla JS, served with the state filled in.
+//! * `index.html`: the page, served with the state filled in, and
+//!   `page.js`, its script (vanilla JS); `assets.rs` serves the script and
+//!   the icon, `favicon.svg`, and holds the page's Content-Security-Policy.
 //!
 //! On SIGINT or SIGTERM the server stops accepting and closes the
 //! broadcaster, so every held long poll is answered `503` with
 //! `Retry-After: 1` at once, and exits within a second.
 
+mod assets;
 mod cart;
 mod conn;
 mod redis_store;

@@ -10,12 +10,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, SET_COOKIE,
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
+    COOKIE, SET_COOKIE,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use longpoll::http::{error_response, media_type_is, Form, LongPoll, PollConfig, PollRequest};
 use longpoll::Update;
 
+use super::assets;
 use super::cart::{Action, CartError, CartState, MemoryStore, Stock, Store};
 use super::tracker::{Activity, Busy};
 
@@ -127,7 +129,12 @@ pub(crate) fn route(app: &Arc<App>, req: Request<Incoming>, busy: Busy) -> Answe
         }
         (&Method::GET | &Method::HEAD, "/stats") => ready(busy, stats(app)),
         (&Method::GET | &Method::HEAD, "/healthz") => ready(busy, text(StatusCode::OK, "ok\n")),
+        (&Method::GET | &Method::HEAD, path) if assets::is_asset(path) => {
+            let resp = assets::get(path, req.headers()).expect("an asset");
+            ready(busy, resp)
+        }
         (_, "/" | "/stats" | "/healthz") => ready(busy, method_not_allowed("GET, HEAD")),
+        (_, path) if assets::is_asset(path) => ready(busy, method_not_allowed("GET, HEAD")),
         (_, "/status") => ready(busy, method_not_allowed("GET")),
         (_, "/cart") => ready(busy, method_not_allowed("POST")),
         _ => ready(busy, text(StatusCode::NOT_FOUND, "not found\n")),
@@ -195,6 +202,7 @@ async fn page(app: &App, headers: &HeaderMap) -> Response<Bytes> {
     h.insert(CONTENT_TYPE, HTML);
     // The page embeds a version: a cached copy would start from a stale one.
     h.insert(CACHE_CONTROL, NO_STORE);
+    h.insert(CONTENT_SECURITY_POLICY, assets::PAGE_POLICY);
     if is_new {
         let cookie = format!("session={session}; Path=/; SameSite=Lax; HttpOnly");
         h.insert(
