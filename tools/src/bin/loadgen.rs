@@ -665,6 +665,9 @@ async fn run(args: Args) -> Result<()> {
             }
         });
     }
+    // A fresh control connection: the first one sat idle while the polls
+    // connected, longer than a server's keep-alive timeout may allow.
+    let mut control = Conn::connect(addr).await?;
     until_held(&protocol, &mut control, target, &shared).await?;
     println!(
         "{} polls held after {:.2?} ({} connections, {} failed)",
