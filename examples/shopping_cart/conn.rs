@@ -30,10 +30,13 @@
 //!
 //! HTTP/1.1 is served by hyper's own `http1` builder; `--h2c` switches to
 //! hyper-util's auto builder, which serves HTTP/2 with prior knowledge on the
-//! same port. The auto builder costs every connection memory (it peeks at
-//! the first bytes, which makes hyper's read buffer double to 16 KiB, and its
-//! connection future holds both protocols' state) for a protocol that only
-//! proxies use in cleartext: browsers speak HTTP/2 only over TLS.
+//! same port. The auto builder costs every connection about 1 KB more (its
+//! connection future holds both protocols' state: 11.0 KB per held poll
+//! against 10.1 KB, `loadgen` at 10 000 polls), for a protocol that only
+//! proxies use in cleartext: browsers speak HTTP/2 only over TLS. (Its
+//! first read, a peek at the protocol, would also make hyper's read buffer
+//! double to 16 KiB; `--max-header-bytes` caps the buffer, which stops
+//! that.)
 
 use std::sync::Arc;
 use std::time::Duration;
