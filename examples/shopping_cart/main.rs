@@ -90,7 +90,8 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
     pub(crate) max_connections: usize,
     /// Bytes a request head (request line and headers) may take, 8192 to
-    /// 65536; a longer one is answered `431` and its connection closed.
+    /// 16384 (the HTTP contract's ceiling); a longer one is answered `431`
+    /// and its connection closed.
     #[arg(long, default_value_t = 8 * 1024, value_parser = header_bytes)]
     pub(crate) max_header_bytes: usize,
     /// Also serve HTTP/2 with prior knowledge (h2c) on the same port, for
@@ -146,11 +147,12 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
-/// A request-head limit: 8 KiB (hyper's smallest read buffer) to 64 KiB.
+/// A request-head limit: 8 KiB (hyper's smallest read buffer) to 16 KiB (the
+/// contract: a head over 16 KiB is refused).
 fn header_bytes(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if (8 * 1024..=64 * 1024).contains(&n) => Ok(n),
-        _ => Err(format!("`{s}` is not a number of bytes from 8192 to 65536")),
+        Ok(n) if (8 * 1024..=16 * 1024).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of bytes from 8192 to 16384")),
     }
 }
 
