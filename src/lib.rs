@@ -106,6 +106,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod broadcaster;
+mod builder;
 mod changed;
 mod error;
 #[cfg(feature = "http")]
@@ -115,21 +116,25 @@ pub mod keyed;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod registration;
+mod shared;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod sse;
+mod stream;
 mod sync;
 mod version;
 mod wait;
 mod waiters;
 
-pub use broadcaster::{Broadcaster, Builder};
+pub use broadcaster::Broadcaster;
+pub use builder::Builder;
 pub use changed::{Changed, Resync, Update};
 pub use error::{ClosedError, ParseEpochError, ParseVersionError, PublishError, WaitError};
 pub use version::{Cursor, Epoch, Version};
 #[cfg(feature = "tokio")]
 pub use wait::WaitTimeout;
-pub use wait::{Registration, UpdateStream, Wait};
+pub use wait::{ChangedStream, OwnedWait, Registration, Wait};
 
 /// The README's code, compiled and run as a doctest so that it cannot rot.
 #[cfg(doctest)]

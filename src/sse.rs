@@ -208,7 +208,7 @@ impl SseRequestError {
 /// assert_eq!(sse::event_id(e, Version::new(42)), "00000000000000ab-42");
 /// assert_eq!(
 ///     sse::parse_event_id("00000000000000ab-42"),
-///     Some(Version::new(42).into()).map(|c: longpoll::Cursor| c.with_epoch(e))
+///     Some(longpoll::Cursor::at(Version::new(42)).with_epoch(e))
 /// );
 /// ```
 pub fn event_id(epoch: Epoch, version: Version) -> String {
@@ -309,7 +309,7 @@ impl<T> Sse<T> {
     pub fn stream(&self, broadcaster: &Broadcaster<T>, cursor: Option<Cursor>) -> EventStream<T> {
         let cursor = cursor.filter(|c| c.version().is_some());
         EventStream {
-            broadcaster: broadcaster.clone(),
+            broadcaster: broadcaster.watcher(),
             encode: Arc::clone(&self.encode),
             state: None,
             phase: Phase::Start(cursor),
@@ -357,7 +357,7 @@ enum Phase {
 /// that is not returned: its cursor only moves when a frame is.
 #[must_use = "streams do nothing unless polled"]
 pub struct EventStream<T> {
-    broadcaster: Broadcaster<T>,
+    broadcaster: crate::broadcaster::Watcher<T>,
     encode: Encoder<T>,
     /// The wait at the cursor of the last frame; `None` before the first.
     state: Option<WaitState>,

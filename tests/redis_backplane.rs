@@ -202,7 +202,7 @@ async fn a_publish_wakes_every_waiter_on_both_instances() {
             let ch = ch.clone();
             waiters.push(tokio::spawn(async move {
                 ch.broadcaster()
-                    .wait_timeout(Version::ZERO, WAIT)
+                    .wait_timeout(Cursor::at(Version::ZERO), WAIT)
                     .await
                     .map(|c| (c.version(), **c.value()))
             }));
