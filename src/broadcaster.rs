@@ -592,10 +592,12 @@ impl<T> Broadcaster<T> {
 /// A reference to a broadcaster's state that is not a handle: it reads
 /// and waits but does not keep the broadcaster open. The SSE body holds
 /// one, so that it ends when the last handle is dropped.
+#[cfg(feature = "http")]
 pub(crate) struct Watcher<T> {
     pub(crate) shared: Arc<Shared<T>>,
 }
 
+#[cfg(feature = "http")]
 impl<T> Watcher<T> {
     /// The retained updates, oldest first.
     pub(crate) fn history(&self) -> Vec<Update<T>> {
@@ -603,6 +605,7 @@ impl<T> Watcher<T> {
     }
 }
 
+#[cfg(feature = "http")]
 impl<T> Broadcaster<T> {
     pub(crate) fn watcher(&self) -> Watcher<T> {
         Watcher {

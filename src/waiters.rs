@@ -1,14 +1,15 @@
-//! The waiter list: one slab of wakers and one of callbacks, for the current
-//! version only.
+//! The waiter list: one slab of wakers and one of callbacks, for the
+//! current generation only.
 //!
-//! Every publish takes both slabs out whole (an O(1) swap under the lock) and
-//! wakes them after the lock is released. A pending waiter therefore lives in
-//! the slab of the `(epoch, version, era)` it registered at: if the
-//! broadcaster still stands there, its slot is where it left it; if not, a
-//! publish (or a close) already took it. That is all a cancelled future needs
-//! to unregister in O(1), with no ABA: within an era versions only go up, and
-//! a restart into another epoch starts a new era, so a restart that returns
-//! to an earlier `(epoch, version)` is still told apart.
+//! Every publish (and every restart and close) takes both slabs out whole
+//! (an O(1) swap under the lock), starts a new generation, and wakes them
+//! after the lock is released. A pending waiter therefore lives in the slab
+//! of the generation it registered in: if the generation is still that one,
+//! its slot is where it left it; if not, a publish (or a close) already took
+//! it. That is all a cancelled future needs to unregister in O(1), with no
+//! ABA: the generation is a `u64` that only goes up, so a restart that
+//! returns to an earlier `(epoch, version)` is still told apart, however
+//! many times it does.
 
 use std::task::Waker;
 

@@ -54,7 +54,7 @@ impl<K, T> KeyedBuilder<K, T> {
         }
     }
 
-    /// Refuses to create keys past `n` with [`TooManyKeys`]. Default
+    /// Refuses to create keys past `n` with [`TooManyKeys`](super::TooManyKeys). Default
     /// 100 000.
     pub fn max_keys(mut self, n: usize) -> Self {
         self.max_keys = n;

@@ -129,7 +129,6 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -344,7 +343,7 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
     /// waits. When the first key is ready, every other key that is ready at
     /// that moment is included too, in the order given; the answer is never
     /// empty. Keys that were not ready are unregistered. An answer can be
-    /// an error for one key ([`WaitError::Closed`], [`WaitError::Full`])
+    /// an error for one key ([`WaitError::Closed`](crate::WaitError::Closed), [`WaitError::Full`](crate::WaitError::Full))
     /// while others are changes.
     ///
     /// Each wake-up of the future re-checks every pair, so keep the list to
@@ -407,7 +406,7 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
     }
 
     /// Removes `key` now, whatever its use, and closes its broadcaster:
-    /// pending waiters on it resolve with [`WaitError::Closed`] (and wait
+    /// pending waiters on it resolve with [`WaitError::Closed`](crate::WaitError::Closed) (and wait
     /// again, on a new broadcaster). Returns whether the key existed.
     pub fn remove<Q>(&self, key: &Q) -> bool
     where
@@ -418,7 +417,7 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
     }
 
     /// Closes the hub, for graceful shutdown: every live broadcaster is
-    /// closed now, so pending waits resolve with [`WaitError::Closed`] and
+    /// closed now, so pending waits resolve with [`WaitError::Closed`](crate::WaitError::Closed) and
     /// event streams end; every broadcaster the hub hands out later is
     /// closed too. Returns `false` if it was already closed.
     ///
@@ -488,7 +487,10 @@ where
     /// # Panics
     ///
     /// When polled outside a tokio runtime with timers enabled.
-    pub fn sweeper(&self, period: Duration) -> impl Future<Output = ()> + Send + 'static {
+    pub fn sweeper(
+        &self,
+        period: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let hub: std::sync::Weak<Hub<K, T>> = Arc::downgrade(&self.shared);
         async move {
             let mut tick = tokio::time::interval(period);

@@ -19,7 +19,7 @@ pub(super) struct OneOfMany<K, T> {
     pub(super) done: bool,
 }
 
-/// Future returned by [`Keyed::wait_many`]: resolves with every key whose
+/// Future returned by [`Keyed::wait_many`](super::Keyed::wait_many): resolves with every key whose
 /// answer is ready, in the order the pairs were given; never empty.
 ///
 /// # Cancel safety
