@@ -61,7 +61,9 @@ impl<T> Broadcaster<T> {
     /// this crate's `send`.
     ///
     /// Waking happens after the lock is released, and costs no allocation
-    /// per waiter.
+    /// per waiter. Once the history is full, a publish reuses the
+    /// allocation of the update it evicts when nobody holds that one any
+    /// more; the evicted value is dropped after the waiters are woken.
     ///
     /// # Errors
     ///
@@ -83,10 +85,10 @@ impl<T> Broadcaster<T> {
     /// # Ok::<(), longpoll::ClosedError>(())
     /// ```
     pub fn notify(&self, value: T) -> Result<Version, ClosedError> {
-        let value = std::sync::Arc::new(value);
-        let inner = self.lock();
+        let mut inner = self.lock();
         if inner.closed {
             drop(inner);
+            drop(value);
             return Err(ClosedError);
         }
         let Some(version) = next_version(&inner) else {
@@ -94,13 +96,16 @@ impl<T> Broadcaster<T> {
             drop(value);
             panic!("longpoll: version overflow");
         };
-        let epoch = inner.current().epoch;
+        let prev = (inner.current().version, inner.current().epoch);
+        let (value, old) = inner.arc_for(self.shared.history, value);
         let update = Update {
-            epoch,
+            epoch: prev.1,
             version,
             value,
         };
-        resume(self.publish_locked(inner, update));
+        let panicked = self.publish_locked(inner, prev, update);
+        drop(old);
+        resume(panicked);
         Ok(version)
     }
 
@@ -137,7 +142,7 @@ impl<T> Broadcaster<T> {
     where
         F: FnOnce(&T) -> Option<T>,
     {
-        let inner = self.lock();
+        let mut inner = self.lock();
         if inner.closed {
             return Err(ClosedError);
         }
@@ -148,13 +153,16 @@ impl<T> Broadcaster<T> {
         let Some(value) = f(inner.current().value()) else {
             return Ok(None);
         };
-        let epoch = inner.current().epoch;
+        let prev = (inner.current().version, inner.current().epoch);
+        let (value, old) = inner.arc_for(self.shared.history, value);
         let update = Update {
-            epoch,
+            epoch: prev.1,
             version,
-            value: std::sync::Arc::new(value),
+            value,
         };
-        resume(self.publish_locked(inner, update));
+        let panicked = self.publish_locked(inner, prev, update);
+        drop(old);
+        resume(panicked);
         Ok(Some(version))
     }
 
@@ -196,13 +204,13 @@ impl<T> Broadcaster<T> {
             drop(inner);
             return Err(PublishError::NotNewer { version, current });
         }
-        let epoch = inner.current().epoch;
+        let prev = (current, inner.current().epoch);
         let update = Update {
-            epoch,
+            epoch: prev.1,
             version,
             value,
         };
-        resume(self.publish_locked(inner, update));
+        resume(self.publish_locked(inner, prev, update));
         Ok(())
     }
 
@@ -253,13 +261,14 @@ impl<T> Broadcaster<T> {
         Ok(())
     }
 
-    /// Publishes `update` (already validated), releases the lock, then wakes.
+    /// Publishes `update` (already validated) after `prev`, the state the
+    /// waiters registered at, releases the lock, then wakes.
     fn publish_locked(
         &self,
         mut inner: MutexGuard<'_, Inner<T>>,
+        prev: (Version, Epoch),
         update: Update<T>,
     ) -> Option<Panic> {
-        let prev = (inner.current().version, inner.current().epoch);
         let (taken, evicted) = inner.push(update, self.shared.history, &self.shared.spare);
         // Callbacks all registered at `prev`: one answer serves them all.
         let answer = if taken.callbacks.is_empty() {
@@ -268,9 +277,13 @@ impl<T> Broadcaster<T> {
             inner.answer(prev.0, Some(prev.1))
         };
         drop(inner);
+        // Wake first: the evicted value's drop (a free, or user code) is
+        // nobody's wait.
+        let panicked = self
+            .shared
+            .fan_out(taken, || answer.clone().ok_or(WaitError::Closed));
         drop(evicted);
-        self.shared
-            .fan_out(taken, || answer.clone().ok_or(WaitError::Closed))
+        panicked
     }
 
     /// Closes the broadcaster: every pending waiter resolves with

@@ -25,7 +25,7 @@ use std::task::Waker;
 use crate::changed::{Changed, Resync, Update};
 use crate::error::WaitError;
 use crate::sync::{AtomicUsize, Mutex};
-use crate::waiters::{Taken, Waiters};
+use crate::waiters::{Taken, Waiters, Wakers};
 use crate::{Epoch, Version};
 
 /// A panic caught while waking, resumed once everyone was told.
@@ -149,6 +149,23 @@ impl<T> Inner<T> {
         Changed::many(updates, resync)
     }
 
+    /// An `Arc` for `value`, the next update's: the allocation of the
+    /// update about to be evicted when nobody else holds it (its old value
+    /// is returned, to be dropped once the lock is released), else a new
+    /// one. A publish into a full history then allocates and frees nothing.
+    pub(crate) fn arc_for(&mut self, history: usize, value: T) -> (std::sync::Arc<T>, Option<T>) {
+        if self.history.len() >= history {
+            if let Some(front) = self.history.front_mut() {
+                if let Some(slot) = std::sync::Arc::get_mut(&mut front.value) {
+                    let old = std::mem::replace(slot, value);
+                    let evicted = self.history.pop_front().expect("the front");
+                    return (evicted.value, Some(old));
+                }
+            }
+        }
+        (std::sync::Arc::new(value), None)
+    }
+
     /// Takes every waiter out and starts a new generation. The streams in
     /// the list keep their places, now out of it.
     pub(crate) fn take_all(&mut self, spare: &Mutex<Vec<Option<Waker>>>) -> Taken<T> {
@@ -199,20 +216,21 @@ impl<T> Shared<T> {
         taken: Taken<T>,
         answer: impl Fn() -> Result<Changed<T>, WaitError>,
     ) -> Option<Panic> {
-        let Taken {
-            mut wakers,
-            callbacks,
-        } = taken;
+        let Taken { wakers, callbacks } = taken;
         let mut panicked = None;
-        if !wakers.is_empty() {
-            for waker in wakers.drain(..).flatten() {
-                if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| waker.wake())) {
-                    panicked.get_or_insert(p);
-                }
+        let mut wake = |waker: Waker| {
+            if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+                panicked.get_or_insert(p);
             }
-            let mut spare = self.spare.lock();
-            if wakers.capacity() > spare.capacity() {
-                std::mem::swap(&mut *spare, &mut wakers);
+        };
+        match wakers {
+            Wakers::Few(few) => few.into_iter().flatten().for_each(&mut wake),
+            Wakers::Many(mut wakers) => {
+                wakers.drain(..).flatten().for_each(&mut wake);
+                let mut spare = self.spare.lock();
+                if wakers.capacity() > spare.capacity() {
+                    std::mem::swap(&mut *spare, &mut wakers);
+                }
             }
         }
         for cb in callbacks.into_iter().flatten() {
