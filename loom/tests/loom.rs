@@ -335,3 +335,30 @@ fn stream_keeps_its_place_racing_notify_and_another_wait() {
         assert_eq!(b.waiter_count(), 0);
     });
 }
+
+/// A reader holds an answer and drops it while a publisher publishes twice
+/// into a full history (which reuses the evicted update's allocation when
+/// nobody holds it): the held value never changes, and the last value is
+/// the publisher's.
+#[test]
+fn held_answer_racing_publishes_that_reuse_allocations_keeps_its_value() {
+    loom::model(|| {
+        let b = Broadcaster::new(0u32);
+        b.notify(1).unwrap();
+        let held = block_on(b.wait(Cursor::at(Version::ZERO))).unwrap();
+        let publisher = {
+            let b = b.clone();
+            thread::spawn(move || {
+                b.notify(2).unwrap();
+                b.notify(3).unwrap();
+            })
+        };
+        assert_eq!(**held.value(), 1);
+        let again = held.clone();
+        drop(held);
+        assert_eq!(**again.value(), 1);
+        drop(again);
+        publisher.join().unwrap();
+        assert_eq!(**b.current().value(), 3);
+    });
+}
