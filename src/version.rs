@@ -202,7 +202,7 @@ impl FromStr for Epoch {
 /// ```compile_fail
 /// # let b = longpoll::Broadcaster::new(0);
 /// // A version alone would drop the epoch: it does not convert.
-/// let wait = b.wait(longpoll::Version::new(3));
+/// let _wait = b.wait(longpoll::Version::new(3));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Cursor {

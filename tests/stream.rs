@@ -1,4 +1,4 @@
-//! `UpdateStream`: every version exactly once and in order when the history
+//! `ChangedStream`: every version exactly once and in order when the history
 //! covers the bursts between two polls, resync flags when it does not, and a
 //! `next()` that can be dropped without losing anything.
 
