@@ -315,8 +315,11 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
     /// Waits for a change of `key` after `cursor`, by the rules of
     /// [`Broadcaster::wait`] (creating the key if needed).
     ///
-    /// The returned future owns its handle, so it can be stored or moved to
-    /// another task; the key is in use until it completes or is dropped.
+    /// The returned [`OwnedWait`] owns its reference to the key's
+    /// broadcaster, so it can be stored or moved to another task; the key
+    /// is in use until it completes or is dropped. It is not a handle: if
+    /// the hub is dropped (and no one else holds the key's [`Broadcaster`]),
+    /// it resolves with [`WaitError::Closed`](crate::WaitError::Closed).
     ///
     /// # Errors
     ///
@@ -444,9 +447,9 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
     /// Parks every key not in use, removes those unused for at least the
     /// idle timeout (and closed ones), and returns how many it removed.
     ///
-    /// A key is in use while any handle to its broadcaster exists outside
-    /// the hub (including pending waits and streams) or a callback is
-    /// registered on it; see the [module documentation](self) for parking
+    /// A key is in use while anything outside the hub refers to its
+    /// broadcaster (a handle, a pending wait or stream, a registration) or
+    /// a callback is registered on it; see the [module documentation](self) for parking
     /// and for why this cannot race with a new waiter. Costs one pass over
     /// every key, locking one shard at a time; the removed keys and values
     /// are dropped after the shard's lock is released.
