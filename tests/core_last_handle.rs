@@ -193,3 +193,42 @@ async fn last_handle_dropped_then_pending_event_stream_ends() {
     assert!(events.is_woken());
     assert!(assert_ready!(events.poll_next()).is_none());
 }
+
+#[test]
+fn last_handle_dropped_with_a_panicking_callback_then_the_drop_panics_after_telling_the_rest() {
+    let b = Broadcaster::new(0u32);
+    b.register(Cursor::NEXT, |_| panic!("callback failed"))
+        .unwrap()
+        .detach();
+    let (tx, rx) = mpsc::channel();
+    b.register(Cursor::NEXT, move |r| tx.send(r.unwrap_err()).unwrap())
+        .unwrap()
+        .detach();
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(b)));
+    assert!(dropped.is_err(), "the callback's panic resumes in the drop");
+    assert_eq!(rx.try_recv(), Ok(WaitError::Closed));
+}
+
+#[test]
+fn last_handle_dropped_while_unwinding_with_a_panicking_callback_does_not_abort() {
+    let b = Broadcaster::new(0u32);
+    b.register(Cursor::NEXT, |_| panic!("callback failed"))
+        .unwrap()
+        .detach();
+    let (tx, rx) = mpsc::channel();
+    b.register(Cursor::NEXT, move |r| tx.send(r.unwrap_err()).unwrap())
+        .unwrap()
+        .detach();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _b = b;
+        panic!("the owner fails");
+    }));
+    // The owner's panic, not the callback's (which is dropped: a second
+    // panic while unwinding would abort the process).
+    let payload = unwound.unwrap_err();
+    assert_eq!(
+        payload.downcast_ref::<&str>().copied(),
+        Some("the owner fails")
+    );
+    assert_eq!(rx.try_recv(), Ok(WaitError::Closed));
+}
