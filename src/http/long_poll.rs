@@ -414,13 +414,13 @@ impl<T> LongPoll<T> {
     /// ```
     /// # tokio_test::block_on(async {
     /// use bytes::Bytes;
-    /// use longpoll::{http::LongPoll, Broadcaster, Version};
+    /// use longpoll::{http::LongPoll, Broadcaster, Cursor, Version};
     ///
     /// let feed = Broadcaster::builder().history(8).build(0u32);
     /// let poll = LongPoll::new(feed.clone(), |u| Bytes::from(u.value().to_string()));
     /// feed.notify(1)?;
     /// feed.notify(2)?;
-    /// let changed = feed.wait(Version::ZERO).await?;
+    /// let changed = feed.wait(Cursor::at(Version::ZERO)).await?;
     /// let epoch = feed.epoch();
     /// assert_eq!(
     ///     poll.envelope(&changed),
