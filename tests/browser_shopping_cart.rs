@@ -9,8 +9,13 @@
 //! pages say so, and a page whose polls were stalled, still showing stock,
 //! is told "sold out" (409) when it tries to add. Then the server shuts down
 //! and comes back on the same address with a new epoch and empty carts: the
-//! pages back off (honouring `Retry-After`, with growing delays) and then
-//! show the new server's state, cart included.
+//! pages back off (honouring `Retry-After`, with growing delays, which the
+//! connection badge announces) and then show the new server's state, cart
+//! included.
+//!
+//! A page left for another one and brought back from the browser's
+//! back/forward cache (not reloaded) shows what changed meanwhile and
+//! follows the server again, with one poll held, not two.
 //!
 //! Without `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
 //! `chromium` and `chromium-driver`), or without the `http` feature, the test
@@ -33,6 +38,12 @@ use webdriver::skip;
 #[cfg(not(feature = "http"))]
 #[test]
 fn two_visitors_see_each_others_cart_changes_without_reload() {
+    skip("the shopping_cart example needs the `http` feature (cargo test --features http)");
+}
+
+#[cfg(not(feature = "http"))]
+#[test]
+fn a_page_back_from_the_back_forward_cache_follows_the_server_again() {
     skip("the shopping_cart example needs the `http` feature (cargo test --features http)");
 }
 
@@ -67,19 +78,25 @@ mod in_chromium {
 
     /// Wraps the page's `fetch` so that every `status` poll is logged in
     /// `window.pollLog` with when it started and ended (page clock, ms) and
-    /// its status (0: network error) and `Retry-After`.
+    /// its status (0: network error) and `Retry-After`; and logs what the
+    /// connection badge says, each time it changes, in `window.badgeLog`.
     const LOG_POLLS: &str = r#"
         window.pollLog = [];
         const realFetch = window.fetch;
         window.fetch = function (resource, init) {
             const entry = { url: String(resource), start: performance.now(),
                             end: null, status: null, retryAfter: null };
-            if (entry.url.startsWith("status")) window.pollLog.push(entry);
+            if (isPoll(resource)) window.pollLog.push(entry);
             return realFetch.call(this, resource, init).then(
                 (r) => { entry.end = performance.now(); entry.status = r.status;
                          entry.retryAfter = r.headers.get("Retry-After"); return r; },
                 (e) => { entry.end = performance.now(); entry.status = 0; throw e; });
         };
+        window.badgeLog = [];
+        const badge = document.getElementById("connection");
+        new MutationObserver(() => window.badgeLog.push(
+            { state: badge.dataset.state, text: badge.textContent },
+        )).observe(badge, { attributes: true, childList: true, characterData: true, subtree: true });
     "#;
 
     /// Makes the page's `status` polls hang (until aborted), as on a
@@ -87,12 +104,21 @@ mod in_chromium {
     const STALL_POLLS: &str = r#"
         window.unstalledFetch = window.fetch;
         window.fetch = function (resource, init) {
-            if (!String(resource).startsWith("status")) {
+            if (!isPoll(resource)) {
                 return window.unstalledFetch.call(this, resource, init);
             }
             return new Promise((_, reject) => init.signal.addEventListener("abort",
                 () => reject(new DOMException("aborted", "AbortError"))));
         };
+    "#;
+
+    /// Defines `isPoll(resource)`, for [`LOG_POLLS`] and [`STALL_POLLS`]:
+    /// whether a `fetch` of `resource` (a string, a `URL` or a `Request`)
+    /// is a `status` poll.
+    const IS_POLL: &str = r#"
+        window.isPoll = (resource) => new URL(
+            resource instanceof Request ? resource.url : String(resource), location.href,
+        ).pathname === "/status";
     "#;
 
     /// Adds an inline script to the page; returns whether it ran.
@@ -144,6 +170,10 @@ mod in_chromium {
             let ran = page.execute(INJECT_INLINE_SCRIPT, json!([])).await.unwrap();
             assert_eq!(ran, json!(false), "{who}: an injected inline script ran");
         }
+        // Its script follows the server: the badge says so.
+        for (who, page) in [("A", &a), ("B", &b)] {
+            wait_for_badge(page, who, "live", "Live").await;
+        }
         // Anything that reloads B's page would drop this marker.
         b.execute("window.notReloaded = true;", json!([]))
             .await
@@ -192,7 +222,9 @@ mod in_chromium {
                 assert_eq!(response.status(), 200, "{session} {action}");
             }
         };
-        a.execute(STALL_POLLS, json!([])).await.unwrap();
+        a.execute(&format!("{IS_POLL}{STALL_POLLS}"), json!([]))
+            .await
+            .unwrap();
         cart("buyer-0".to_owned(), "add").await;
         wait_for_count(&a, "A", INVENTORY - 1).await;
         for i in 1..INVENTORY {
@@ -228,7 +260,9 @@ mod in_chromium {
         // again after the network came back) and A takes it: both pages then
         // hold a logged poll.
         for page in [&a, &b] {
-            page.execute(LOG_POLLS, json!([])).await.unwrap();
+            page.execute(&format!("{IS_POLL}{LOG_POLLS}"), json!([]))
+                .await
+                .unwrap();
         }
         cart("buyer-0".to_owned(), "remove").await;
         wait_for_count(&a, "A", 1).await;
@@ -279,12 +313,131 @@ mod in_chromium {
                 .unwrap();
             let gaps = assert_backed_off(who, &log);
             step(&format!("{who} waited {gaps:.0?} ms before its retries"));
+            wait_for_badge(page, who, "live", "Live").await;
+            let badges = page
+                .execute("return window.badgeLog;", json!([]))
+                .await
+                .unwrap();
+            let told = assert_badge_told_the_waits(who, &badges, gaps.len());
+            step(&format!("{who}'s badge said {told:?} while away"));
         }
 
         a.quit().await.expect("end session A");
         b.quit().await.expect("end session B");
         drop(driver);
         server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_back_from_the_back_forward_cache_follows_the_server_again() {
+        if let Err(reason) = webdriver::browser_available() {
+            crate::skip(&reason);
+            return;
+        }
+        let mut server = Server::start("127.0.0.1:0".parse().unwrap()).await;
+        let base = format!("http://{}/", server.addr);
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let add = |session: &'static str| {
+            let request = http
+                .post(format!("{base}cart"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("session={session}&action=add"));
+            async move {
+                let response = request.send().await.expect("POST /cart");
+                assert_eq!(response.status(), 200, "{session} add");
+            }
+        };
+        let driver = ChromeDriver::start().expect("start chromedriver");
+        let session = driver
+            .new_session(WIDTH, HEIGHT)
+            .await
+            .expect("start the browser");
+        let page = &session;
+        page.goto(&base).await.expect("open the page");
+        wait_for_badge(page, "the page", "live", "Live").await;
+        wait_for_waiters(&http, &base, 1).await;
+        page.execute(
+            "window.notReloaded = true;
+             window.addEventListener('pageshow', (e) => { window.restored = e.persisted; });",
+            json!([]),
+        )
+        .await
+        .unwrap();
+
+        // Away, on another page: its poll ends, and the stock changes.
+        page.goto(&format!("{base}healthz"))
+            .await
+            .expect("open another page");
+        wait_for_waiters(&http, &base, 0).await;
+        add("buyer-0").await;
+
+        // Back: the same page, from the cache, shows the change made
+        // meanwhile, then the next one, and holds one poll.
+        page.execute("history.back();", json!([])).await.unwrap();
+        wait_until("the page to be shown again", UI_TIMEOUT, || async move {
+            let state = page
+                .execute(
+                    "return [document.getElementById('count') !== null,
+                             window.notReloaded === true, window.restored === true,
+                             JSON.stringify(performance.getEntriesByType('navigation')[0]
+                                 ?.notRestoredReasons ?? null)];",
+                    json!([]),
+                )
+                .await
+                // The old document may be gone before the new one is ready.
+                .unwrap_or_else(|e| json!(e.to_string()));
+            // Shown, and either restored (pageshow told) or reloaded.
+            Ok(
+                if state[0] == true && (state[2] == true || state[1] != true) {
+                    Ok(state)
+                } else {
+                    Err(state.to_string())
+                },
+            )
+        })
+        .await
+        .map(|state| {
+            assert!(
+                state[1] == true && state[2] == true,
+                "the page was loaded again, not restored from the back/forward cache \
+                 ([shown, not reloaded, restored, notRestoredReasons]): {state}"
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        wait_for_count(page, "the restored page", INVENTORY - 1).await;
+        add("buyer-1").await;
+        wait_for_count(page, "the restored page", INVENTORY - 2).await;
+        wait_for_badge(page, "the restored page", "live", "Live").await;
+        wait_for_waiters(&http, &base, 1).await;
+
+        session.quit().await.expect("end the session");
+        drop(driver);
+        server.stop().await;
+    }
+
+    /// Waits until the server holds `n` polls (`GET /stats`).
+    async fn wait_for_waiters(http: &reqwest::Client, base: &str, n: u64) {
+        wait_until(
+            &format!("the server to hold {n} polls"),
+            UI_TIMEOUT,
+            || async move {
+                let stats: Value = http
+                    .get(format!("{base}stats"))
+                    .send()
+                    .await
+                    .expect("GET /stats")
+                    .json()
+                    .await
+                    .expect("stats JSON");
+                Ok(if stats["waiters"] == n {
+                    Ok(())
+                } else {
+                    Err(stats.to_string())
+                })
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The polls from the `503` to the first answer after the restart: the
@@ -331,6 +484,58 @@ mod in_chromium {
             gaps.push(gap);
         }
         gaps
+    }
+
+    /// The badge while the server was away: the page announced each wait
+    /// ("Reconnecting in N s…"), at least `failures` of them, the first one
+    /// no shorter than `Retry-After: 1` plus the back-off (so 2 s, rounded
+    /// up). Returns what it said.
+    fn assert_badge_told_the_waits(who: &str, log: &Value, failures: usize) -> Vec<String> {
+        let shown = || serde_json::to_string_pretty(log).unwrap();
+        let retrying: Vec<&str> = log
+            .as_array()
+            .expect("badgeLog is an array")
+            .iter()
+            .filter(|b| b["state"] == "retrying")
+            .map(|b| b["text"].as_str().expect("the badge's text"))
+            .collect();
+        let waits: Vec<u64> = retrying
+            .iter()
+            .filter_map(|t| t.strip_prefix("Reconnecting in ")?.strip_suffix(" s…"))
+            .map(|n| n.parse().expect("a number of seconds"))
+            .collect();
+        assert!(
+            waits.len() >= failures,
+            "{who}: {failures} failed polls, {} waits announced: {}",
+            waits.len(),
+            shown()
+        );
+        assert!(waits[0] >= 2, "{who}: the first wait told: {}", shown());
+        retrying.iter().map(|t| t.to_string()).collect()
+    }
+
+    /// Waits until the connection badge is in `state`, saying `text`.
+    async fn wait_for_badge(page: &Session<'_>, who: &str, state: &str, text: &str) {
+        wait_until(
+            &format!("{who}'s badge to say {text:?}"),
+            UI_TIMEOUT,
+            || async move {
+                let shown = page
+                    .execute(
+                        "const b = document.getElementById('connection');
+                         return [b.dataset.state, b.textContent];",
+                        json!([]),
+                    )
+                    .await?;
+                Ok(if shown == json!([state, text]) {
+                    Ok(())
+                } else {
+                    Err(shown.to_string())
+                })
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The count `page` shows now.

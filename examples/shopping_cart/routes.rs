@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,10 +11,13 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
-    COOKIE, SET_COOKIE,
+    COOKIE, ETAG, IF_NONE_MATCH, SET_COOKIE, X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
-use longpoll::http::{error_response, media_type_is, Form, LongPoll, PollConfig, PollRequest};
+use longpoll::http::{
+    client_js_response, error_response, media_type_is, Form, FullBody, LongPoll, PollConfig,
+    PollRequest, CLIENT_JS,
+};
 use longpoll::Update;
 
 use super::assets;
@@ -129,11 +132,14 @@ pub(crate) fn route(app: &Arc<App>, req: Request<Incoming>, busy: Busy) -> Answe
         }
         (&Method::GET | &Method::HEAD, "/stats") => ready(busy, stats(app)),
         (&Method::GET | &Method::HEAD, "/healthz") => ready(busy, text(StatusCode::OK, "ok\n")),
+        (&Method::GET | &Method::HEAD, "/longpoll.js") => ready(busy, client_js(req.headers())),
         (&Method::GET | &Method::HEAD, path) if assets::is_asset(path) => {
             let resp = assets::get(path, req.headers()).expect("an asset");
             ready(busy, resp)
         }
-        (_, "/" | "/stats" | "/healthz") => ready(busy, method_not_allowed("GET, HEAD")),
+        (_, "/" | "/stats" | "/healthz" | "/longpoll.js") => {
+            ready(busy, method_not_allowed("GET, HEAD"))
+        }
         (_, path) if assets::is_asset(path) => ready(busy, method_not_allowed("GET, HEAD")),
         (_, "/status") => ready(busy, method_not_allowed("GET")),
         (_, "/cart") => ready(busy, method_not_allowed("POST")),
@@ -210,6 +216,37 @@ async fn page(app: &App, headers: &HeaderMap) -> Response<Bytes> {
             HeaderValue::try_from(cookie).expect("session ids are header-safe"),
         );
     }
+    resp
+}
+
+/// `GET /longpoll.js`: the browser client the page's script imports
+/// ([`CLIENT_JS`]), cached as `page.js` is: `no-cache` with an `ETag`, so
+/// a browser revalidates it on each load and picks up a new build at once;
+/// `304` without a body if `If-None-Match` names the tag.
+fn client_js(headers: &HeaderMap) -> Response<Bytes> {
+    static TAG: OnceLock<HeaderValue> = OnceLock::new();
+    let tag = TAG.get_or_init(|| {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        CLIENT_JS.hash(&mut hasher);
+        HeaderValue::try_from(format!("\"{:016x}\"", hasher.finish())).expect("hex is header-safe")
+    });
+    let mut resp = client_js_response().map(FullBody::into_bytes);
+    let fresh = headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag);
+    if fresh {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        *resp.body_mut() = Bytes::new();
+        resp.headers_mut().remove(CONTENT_TYPE);
+    }
+    let h = resp.headers_mut();
+    h.insert(ETAG, tag.clone());
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     resp
 }
 
