@@ -38,7 +38,8 @@
  *   `Retry-After`, plus a capped exponential backoff with jitter (the delay
  *   is drawn from the upper half of `min(cap, base * 2^failures)`), so pages
  *   that lost a server together do not return together. A browser back
- *   online (the `online` event) retries at once.
+ *   online (the `online` event) retries at once, and abandons a poll in
+ *   flight (it may hang on a connection that died meanwhile).
  * - **SSE with a fallback.** With `events`, it reads the endpoint's event
  *   stream (`id: <epoch>-<version>`, `event: resync`), reopening it from its
  *   own cursor after a drop. When `EventSource` is missing, or a stream
@@ -309,8 +310,13 @@ export function subscribe(url, options) {
     signal.addEventListener("abort", done);
     wake = done;
   });
+  // The poll in flight: `online` aborts it, since it may hang on a
+  // connection that died while the network was gone.
+  let inflight = null;
+  const BACK_ONLINE = new Error("longpoll: back online");
   const online = () => {
     failures = 0;
+    inflight?.abort(BACK_ONLINE);
     if (wake) wake();
   };
   globalThis.addEventListener?.("online", online);
@@ -348,6 +354,7 @@ export function subscribe(url, options) {
   const OK = {};
   const pollOnce = async () => {
     const attempt = new AbortController();
+    inflight = attempt;
     const abort = () => attempt.abort();
     signal.addEventListener("abort", abort);
     const watchdog = setTimeout(abort, timeout * 1000 + WATCHDOG_SLACK_MS);
@@ -370,11 +377,14 @@ export function subscribe(url, options) {
     } catch (error) {
       outcome = { error };
     } finally {
+      inflight = null;
       clearTimeout(watchdog);
       clearTimeout(held);
       signal.removeEventListener("abort", abort);
     }
     if (signal.aborted) return;
+    // Back online: poll again at once, from the same cursor.
+    if (attempt.signal.reason === BACK_ONLINE) return;
     if (outcome === OK) {
       failures = 0;
       lastPollOk = true;

@@ -158,16 +158,14 @@ function stop() {
   sub.stop();
 }
 
-// Stops and starts again at once from where it was, skipping the back-off
-// and a poll in flight that may hang on a connection that died meanwhile:
-// back online after an outage, or shown again from the back/forward cache
-// (left with no request open, so that the browser may keep it there).
+// Stops and starts again at once from where it was: shown again from the
+// back/forward cache (left with no request open, so that the browser may
+// keep it there). Coming back online is the client's business.
 function startOver() {
   if (!sub) return;
   stop();
   follow(sub.cursor() ?? { epoch: state.epoch, version: state.version });
 }
-window.addEventListener("online", startOver);
 window.addEventListener("pagehide", (event) => {
   if (event.persisted && sub) stop();
 });
