@@ -446,12 +446,36 @@ fn bad_requests() -> Vec<Bad> {
         bad("timeout=301", get("/status?timeout=301").into_bytes(), Some(400)),
         bad("timeout=1e3", get("/status?timeout=1e3").into_bytes(), Some(400)),
         bad("since twice", get("/status?since=1&since=2").into_bytes(), Some(400)),
-        bad("epoch=zz", get("/status?since=1&epoch=zz").into_bytes(), Some(400)),
+        // A cursor the server did not issue is foreign, never an error:
+        // answered at once with the current state.
+        bad("epoch=zz", get("/status?since=1&epoch=zz").into_bytes(), Some(200)),
+        bad(
+            "epoch of 65 bytes",
+            get(&format!("/status?since=1&epoch={}", "e".repeat(65))).into_bytes(),
+            Some(400),
+        ),
         bad("bad escape", get("/status?since=%G1").into_bytes(), Some(400)),
         bad(
-            "If-None-Match garbage",
+            "If-None-Match not ours",
             b"GET /status HTTP/1.1\r\nhost: 127.0.0.1\r\nif-none-match: \"nope\"\r\n\r\n".to_vec(),
-            Some(400),
+            Some(200),
+        ),
+        // Unparsable: ignored, so a request without a cursor, answered
+        // with the current state when its (zero) timeout ends.
+        bad(
+            "If-None-Match garbage",
+            b"GET /status?timeout=0 HTTP/1.1\r\nhost: 127.0.0.1\r\nif-none-match: garbage\r\n\r\n"
+                .to_vec(),
+            Some(200),
+        ),
+        bad(
+            "head over the limit",
+            format!(
+                "GET /status HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: {}\r\n\r\n",
+                "b".repeat(20 * 1024)
+            )
+            .into_bytes(),
+            Some(431),
         ),
         bad("cart json", post("content-type: application/json", "{}"), Some(415)),
         bad("cart action", post(form, "session=s&action=steal"), Some(400)),
