@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::backplane::{Backplane, Core, ScriptCall};
+use super::backplane::{Backplane, Core};
+use super::commands::ScriptCall;
 use super::error::{BackplaneError, Kind};
 use super::keys::{parse_modify, Keys, ModifyReply, Outcome, Snapshot};
 use super::modify::{Modify, ModifyScript};
@@ -37,6 +38,7 @@ pub struct ChannelBuilder<'a> {
     pub(super) history: usize,
     pub(super) max_waiters: Option<usize>,
     pub(super) once_ttl: Duration,
+    pub(super) ttl: Option<Duration>,
 }
 
 impl ChannelBuilder<'_> {
@@ -87,6 +89,29 @@ impl ChannelBuilder<'_> {
         self
     }
 
+    /// Lets Redis forget the channel once nobody published for `ttl`
+    /// (default: never). Every publish sets the time to live again, on any
+    /// instance (give every instance the same `ttl`).
+    ///
+    /// A channel that expired starts again, like one whose data Redis lost
+    /// (see [the module docs](super#recovery)): under a new
+    /// [`Epoch`](crate::Epoch), from its initial value, so that a client
+    /// holding a cursor of the old sequence is told
+    /// ([`Resync::OtherEpoch`](crate::Resync::OtherEpoch)) rather than left
+    /// waiting on it.
+    ///
+    /// # Panics
+    ///
+    /// If `ttl` is under a millisecond.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        assert!(
+            ttl >= Duration::from_millis(1),
+            "longpoll: a channel's time to live is at least 1 ms"
+        );
+        self.ttl = Some(ttl);
+        self
+    }
+
     /// Joins the channel: reads its state and retained history from Redis,
     /// creating it with `initial` at version 0 under a new epoch if it does
     /// not exist, and subscribes to its changes.
@@ -100,7 +125,9 @@ impl ChannelBuilder<'_> {
     /// [`is_unavailable`](BackplaneError::is_unavailable) if Redis does not
     /// answer; [`is_decode`](BackplaneError::is_decode) if the stored state
     /// is not a `T` at a version; [`is_config`](BackplaneError::is_config)
-    /// if the name is already open with another type;
+    /// if the name is already open with another type, or is empty, longer
+    /// than 1024 bytes or holds a brace (`{`, `}`: braces are kept for the
+    /// hash tag);
     /// [`is_server`](BackplaneError::is_server) if the key holds something
     /// else than a channel.
     ///
@@ -115,15 +142,25 @@ impl ChannelBuilder<'_> {
     {
         let backplane = self.backplane.clone();
         let core = &backplane.shared.core;
+        super::keys::check_name(&core.prefix, &self.name)
+            .map_err(|e| BackplaneError::new(Kind::Config, e))?;
         let keys = Keys::new(&core.prefix, &self.name);
-        if let Some(open) = core.channels.read().get(&keys.channel) {
-            return Channel::from_relay(&backplane, &keys.channel, Arc::clone(open));
+        if let Some(open) = core.channels.read().get(keys.channel()) {
+            return Channel::from_relay(&backplane, keys.channel(), Arc::clone(open));
         }
 
         let initial = initial.encode();
-        let snapshot = core
-            .read(&keys, &initial, self.history, None, String::new())
-            .await?;
+        let call = core.sync_call(
+            &keys,
+            &initial,
+            self.history,
+            None,
+            String::new(),
+            Some(self.ttl),
+        );
+        let snapshot = core.read(&call).await?.ok_or_else(|| {
+            BackplaneError::from(DecodeError::new("the created state is missing"))
+        })?;
         let retained = decode_snapshot::<T>(snapshot)?.into_updates();
         let mut builder = Broadcaster::builder()
             .history(self.history)
@@ -137,6 +174,7 @@ impl ChannelBuilder<'_> {
             initial,
             history: self.history,
             once_ttl: self.once_ttl,
+            ttl: self.ttl,
             retired: Mutex::new(Vec::new()),
             sync: SyncState::default(),
             failure: Mutex::new(None),
@@ -145,10 +183,13 @@ impl ChannelBuilder<'_> {
         // Register, then subscribe, then read again: an update published
         // after the first read and before the subscription took effect is
         // caught by the second read.
-        match core.register(relay.clone()).await {
-            Ok(()) => {}
-            // Opened by a concurrent call meanwhile.
-            Err(open) => return Channel::from_relay(&backplane, &relay.keys.channel, open),
+        let registered = core.register(vec![relay.clone() as Arc<dyn Relay>]).await;
+        if let Some(open) = registered.into_iter().next() {
+            let ours: Arc<dyn Relay> = relay.clone();
+            if !Arc::ptr_eq(&open, &ours) {
+                // Opened by a concurrent call meanwhile.
+                return Channel::from_relay(&backplane, relay.keys.channel(), open);
+            }
         }
         // If this fails, the task catches the channel up on reconnect, or
         // the periodic check does.
@@ -219,9 +260,18 @@ impl<T> Channel<T> {
         self.inner.broadcaster.current()
     }
 
-    /// The Redis key of the channel's state hash.
+    /// The Redis key of the channel's hash (`<prefix>{<name>}`), which is
+    /// also its Pub/Sub channel's name.
     pub fn key(&self) -> &str {
         &self.inner.keys.state
+    }
+
+    /// The channel's hash tag, `{<name>}`: on a Redis Cluster, a key that a
+    /// [`ModifyScript`] touches must contain it, so that it lives in the
+    /// channel's slot, on the shard where the script runs.
+    pub fn hash_tag(&self) -> &str {
+        let key = &self.inner.keys.state;
+        &key[key.find('{').expect("every key carries its tag")..]
     }
 
     /// Why the channel is broken on this instance, or `None` if it is not.
@@ -321,7 +371,7 @@ impl<T: Codec + Send + Sync + 'static> Channel<T> {
         value: T,
     ) -> Result<Version, BackplaneError> {
         let core = &self.backplane.shared.core;
-        let mut call = self.inner.modify_call(once, &[])?;
+        let mut call = self.inner.modify_call(core, once, &[])?;
         call.arg(value.encode());
         let reply = self
             .inner
@@ -351,6 +401,12 @@ impl<T: Codec + Send + Sync + 'static> Channel<T> {
 pub(super) trait Relay: Send + Sync + 'static {
     fn keys(&self) -> &Keys;
     fn initial(&self) -> &[u8];
+    /// Whether a read creates the state if it is missing, and with which
+    /// time to live: `None` for a read that never writes a missing state.
+    fn creates(&self) -> Option<Option<Duration>>;
+    /// Whether `at` (what Redis holds; `None`: nothing) is the position
+    /// this instance holds.
+    fn is_at(&self, at: Option<(Epoch, Version)>) -> bool;
     /// The history this instance keeps.
     fn history(&self) -> usize;
     /// The epoch and version this instance holds.
@@ -363,9 +419,10 @@ pub(super) trait Relay: Send + Sync + 'static {
     fn is_failing(&self) -> bool;
     /// Relays one Pub/Sub message.
     fn on_message(&self, epoch: Epoch, version: Version, value: &[u8]) -> Delivery;
-    /// Applies a state read from Redis: newer history entries in order, then
-    /// the state, or a new epoch. Returns whether the epoch changed.
-    fn apply(&self, snapshot: Snapshot) -> Result<bool, DecodeError>;
+    /// Applies a state read from Redis (`None`: missing): newer history
+    /// entries in order, then the state, or a new epoch. Returns whether
+    /// the epoch changed.
+    fn apply(&self, snapshot: Option<Snapshot>) -> Result<bool, DecodeError>;
     /// Marks the channel broken (`Some`) or healed (`None`); returns
     /// whether that changed anything.
     fn set_failure(&self, failure: Option<Arc<BackplaneError>>) -> bool;
@@ -429,6 +486,8 @@ pub(super) struct ChannelCore<T> {
     pub(super) initial: Vec<u8>,
     pub(super) history: usize,
     pub(super) once_ttl: Duration,
+    /// The channel's time to live in Redis, set again by every publish.
+    pub(super) ttl: Option<Duration>,
     /// Epochs this channel left, newest last. The lock also makes each
     /// delivery's check-and-publish, and each snapshot, one step.
     pub(super) retired: Mutex<Vec<Epoch>>,
@@ -484,6 +543,7 @@ impl<T: Codec + Send + Sync + 'static> ChannelCore<T> {
     /// The keys and arguments `modify.lua` takes before the caller's.
     pub(super) fn modify_call(
         &self,
+        core: &Core,
         once: Option<&[u8]>,
         keys: &[Vec<u8>],
     ) -> Result<ScriptCall, BackplaneError> {
@@ -492,7 +552,7 @@ impl<T: Codec + Send + Sync + 'static> ChannelCore<T> {
         }
         let (epoch, version) = self.position();
         let mut call = ScriptCall::default();
-        call.key(&self.keys.state).key(&self.keys.history);
+        call.key(&self.keys.state);
         match once {
             Some(id) => call.key(self.keys.once(id)),
             None => call.key(&self.keys.state),
@@ -501,14 +561,17 @@ impl<T: Codec + Send + Sync + 'static> ChannelCore<T> {
             call.key(key);
         }
         let once_ms = once.map_or(0, |_| self.once_ttl.as_millis().max(1));
+        let ttl = self.ttl.map_or(0, |t| t.as_millis().max(1));
         call.arg(Epoch::random().to_string())
             .arg(&self.initial)
             .arg(self.history.to_string())
-            .arg(&self.keys.channel)
+            .arg(self.keys.channel())
             .arg(epoch.to_string())
             .arg(version.to_string())
             .arg(self.retired())
-            .arg(once_ms.to_string());
+            .arg(once_ms.to_string())
+            .arg(core.server.publish_command())
+            .arg(ttl.to_string());
         Ok(call)
     }
 
@@ -579,6 +642,14 @@ impl<T: Codec + Send + Sync + 'static> Relay for ChannelCore<T> {
         &self.initial
     }
 
+    fn creates(&self) -> Option<Option<Duration>> {
+        Some(self.ttl)
+    }
+
+    fn is_at(&self, at: Option<(Epoch, Version)>) -> bool {
+        at == Some(self.position())
+    }
+
     fn history(&self) -> usize {
         self.history
     }
@@ -640,7 +711,10 @@ impl<T: Codec + Send + Sync + 'static> Relay for ChannelCore<T> {
         }
     }
 
-    fn apply(&self, snapshot: Snapshot) -> Result<bool, DecodeError> {
+    fn apply(&self, snapshot: Option<Snapshot>) -> Result<bool, DecodeError> {
+        // A read of a channel creates its state when missing.
+        let snapshot =
+            snapshot.ok_or_else(|| DecodeError::new("the channel's state is missing"))?;
         let decoded = decode_snapshot::<T>(snapshot)?;
         let mut retired = self.retired.lock();
         let current = self.broadcaster.current();

@@ -177,10 +177,13 @@
 mod backplane;
 mod channel;
 mod codec;
+mod commands;
 mod error;
 mod keys;
 mod modify;
 mod recovery;
+mod shards;
+mod slots;
 mod subscription;
 
 pub use backplane::{Backplane, Builder, Stats};
