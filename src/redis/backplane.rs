@@ -243,7 +243,7 @@ impl Builder {
                 let (shards, events) = Shards::new(infos);
                 (
                     Server::Cluster(client),
-                    Subscriber::Cluster(shards),
+                    Subscriber::Cluster(Box::new(shards)),
                     Some(events),
                 )
             }
