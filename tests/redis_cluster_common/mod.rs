@@ -25,6 +25,7 @@
 
 mod migration;
 mod node;
+pub(crate) mod sequence;
 mod topology;
 
 use std::fmt::Write as _;
