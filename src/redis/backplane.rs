@@ -10,11 +10,12 @@ use std::time::Duration;
 use ::redis::{Client, IntoConnectionInfo, Script};
 use parking_lot::{Mutex, RwLock};
 
-use super::channel::{ChannelBuilder, Relay};
+use super::channel::ChannelBuilder;
 use super::commands::{cluster_client, CommandSlot, Server};
 use super::error::{BackplaneError, Kind};
 use super::keys::SYNC_LUA;
 use super::modify::compose_modify;
+use super::relay::Relay;
 use super::shards::Shards;
 use super::subscription::{run, Start, Subscriber};
 use super::{Channel, Codec};

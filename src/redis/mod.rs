@@ -182,6 +182,7 @@ mod error;
 mod keys;
 mod modify;
 mod recovery;
+mod relay;
 mod shards;
 mod slots;
 mod subscription;

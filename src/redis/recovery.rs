@@ -9,10 +9,10 @@ use std::sync::Arc;
 use ::redis::Value;
 
 use super::backplane::Core;
-use super::channel::Relay;
 use super::commands::ScriptCall;
 use super::error::BackplaneError;
 use super::keys::{parse_probe, parse_snapshot, Keys, Snapshot, SYNC_LUA};
+use super::relay::Relay;
 use super::subscription::jitter;
 use crate::{Epoch, Version};
 

@@ -12,9 +12,9 @@ use ::redis::Msg;
 use tokio::sync::mpsc;
 
 use super::backplane::Core;
-use super::channel::{Delivery, Relay};
 use super::error::{BackplaneError, Kind};
 use super::keys::parse_message;
+use super::relay::{Delivery, Relay};
 use super::shards::{Push, Pushed, Shards, REPAIR_EVERY};
 use crate::Epoch;
 
