@@ -187,6 +187,7 @@ pub struct Builder {
     epoch: Option<Epoch>,
     initial_version: Version,
     hold_ahead: u8,
+    failing: bool,
 }
 
 impl Default for Builder {
@@ -197,6 +198,7 @@ impl Default for Builder {
             epoch: None,
             initial_version: Version::ZERO,
             hold_ahead: 0,
+            failing: false,
         }
     }
 }
@@ -257,6 +259,15 @@ impl Builder {
         self
     }
 
+    /// Builds the broadcaster failing (see `Inner::failing`): its waits are
+    /// refused until `set_failing(false)`. For a backplane key, whose state
+    /// is read from Redis after the broadcaster is made.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn refusing_waits(mut self) -> Self {
+        self.failing = true;
+        self
+    }
+
     /// Builds the broadcaster, holding `initial` at the initial version.
     pub fn build<T>(self, initial: T) -> Broadcaster<T> {
         let first = Update {
@@ -283,7 +294,7 @@ impl Builder {
                     waiters: Waiters::new(),
                     era: 0,
                     closed: false,
-                    failing: false,
+                    failing: self.failing,
                 }),
                 history: self.history,
                 max_waiters: self.max_waiters.unwrap_or(usize::MAX),

@@ -196,7 +196,22 @@ pub struct KeyedBuilder<K, T> {
     shards: Option<usize>,
     configure: Configure<K>,
     init: Option<Init<K, T>>,
+    hooks: Option<Hooks<K, T>>,
 }
+
+/// What the Redis backplane's keyed hub (`redis::KeyedChannels`) hears of
+/// the local hub under it: a key got a live broadcaster (created, or
+/// brought back from parked), or its live broadcaster left the map (parked
+/// or removed). Both run outside every lock, with the broadcaster in
+/// question still alive; the calls for one key may come in either order
+/// when threads race, so the listener tells them apart by broadcaster.
+pub(crate) struct Hooks<K, T> {
+    pub(crate) live: Hook<K, T>,
+    pub(crate) idle: Hook<K, T>,
+}
+
+/// One of the [`Hooks`].
+pub(crate) type Hook<K, T> = Box<dyn Fn(&K, &Broadcaster<T>) + Send + Sync>;
 
 impl<K, T> KeyedBuilder<K, T> {
     fn new() -> Self {
@@ -206,7 +221,15 @@ impl<K, T> KeyedBuilder<K, T> {
             shards: None,
             configure: Box::new(|_| Builder::new()),
             init: None,
+            hooks: None,
         }
+    }
+
+    /// Installs the [`Hooks`].
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn hooks(mut self, hooks: Hooks<K, T>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     /// Refuses to create keys past `n` with [`TooManyKeys`]. Default
@@ -289,6 +312,7 @@ impl<K, T> KeyedBuilder<K, T> {
             self.shards,
             self.configure,
             init,
+            self.hooks,
         )
     }
 
@@ -298,6 +322,7 @@ impl<K, T> KeyedBuilder<K, T> {
         shards: Option<usize>,
         configure: Configure<K>,
         init: Init<K, T>,
+        hooks: Option<Hooks<K, T>>,
     ) -> Keyed<K, T> {
         let n = shards
             .unwrap_or_else(|| {
@@ -319,6 +344,7 @@ impl<K, T> KeyedBuilder<K, T> {
                 start: Instant::now(),
                 configure,
                 init,
+                hooks,
             }),
         }
     }
@@ -338,6 +364,7 @@ impl<K, T: Default> KeyedBuilder<K, T> {
             self.shards,
             self.configure,
             init,
+            self.hooks,
         )
     }
 }
@@ -379,6 +406,7 @@ struct Hub<K, T> {
     start: Instant,
     configure: Configure<K>,
     init: Init<K, T>,
+    hooks: Option<Hooks<K, T>>,
 }
 
 /// One lock's share of the keys.
@@ -436,6 +464,23 @@ impl<K, T> Hub<K, T> {
     fn close_if_closed(&self, b: &Broadcaster<T>) {
         if self.closed.load(Ordering::SeqCst) {
             b.close();
+        }
+    }
+
+    /// Tells the hooks that `key` got the live broadcaster `b`.
+    fn went_live<Q>(&self, key: &Q, b: &Broadcaster<T>)
+    where
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(hooks) = &self.hooks {
+            (hooks.live)(&key.to_owned(), b);
+        }
+    }
+
+    /// Tells the hooks that `b`, live for `key`, left the map.
+    fn went_idle(&self, key: &K, b: &Broadcaster<T>) {
+        if let Some(hooks) = &self.hooks {
+            (hooks.idle)(key, b);
         }
     }
 
@@ -571,6 +616,7 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
                                     entry.slot = Slot::Live(b.clone());
                                     drop(map);
                                     release(reserved);
+                                    hub.went_live(key, &b);
                                     return Ok(Some(b));
                                 }
                             }
@@ -598,7 +644,9 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
                                 touched: hub.now(),
                             },
                         );
+                        drop(map);
                         // The place reserved below is now taken by the key.
+                        hub.went_live(key, &b);
                         return Ok(Some(b));
                     }
                     drop(map);
@@ -618,6 +666,21 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
                     built = Some((b, None));
                 }
             }
+        }
+    }
+
+    /// The live broadcaster of `key`, if it has one: never creates, brings
+    /// back or marks the key used.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn live<Q>(&self, key: &Q) -> Option<Broadcaster<T>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let map = self.shared.shard(key).lock();
+        match map.get(key).map(|e| &e.slot) {
+            Some(Slot::Live(b)) => Some(b.clone()),
+            _ => None,
         }
     }
 
@@ -781,6 +844,7 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
                 self.shared.len.fetch_sub(1, Ordering::Relaxed);
                 if let Slot::Live(b) = &entry.slot {
                     b.close();
+                    self.shared.went_idle(&key, b);
                 }
                 drop((key, entry));
                 true
@@ -835,10 +899,11 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
         let hub = &*self.shared;
         let mut removed = 0;
         let mut garbage: Vec<(K, Entry<T>)> = Vec::new();
+        let mut parked: Vec<(K, Broadcaster<T>)> = Vec::new();
         for shard in hub.shards.iter() {
             let now = hub.now();
             let mut map = shard.lock();
-            garbage.extend(map.extract_if(|_, entry| {
+            garbage.extend(map.extract_if(|key, entry| {
                 if entry.touched & USED != 0 {
                     entry.touched = now;
                 }
@@ -857,7 +922,12 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
                 }
                 // Unused but not idle long enough: keep only what a cursor
                 // needs (epoch, versions, retained values).
-                entry.slot = Slot::Parked(b.history().into_boxed_slice());
+                let retained = Slot::Parked(b.history().into_boxed_slice());
+                if let Slot::Live(b) = std::mem::replace(&mut entry.slot, retained) {
+                    if hub.hooks.is_some() {
+                        parked.push((key.clone(), b));
+                    }
+                }
                 false
             }));
             // Give memory back once most of a shard's keys are gone.
@@ -868,6 +938,15 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
             drop(map);
             removed += garbage.len();
             hub.len.fetch_sub(garbage.len(), Ordering::Relaxed);
+            for (key, b) in &parked {
+                hub.went_idle(key, b);
+            }
+            for (key, entry) in &garbage {
+                if let Slot::Live(b) = &entry.slot {
+                    hub.went_idle(key, b);
+                }
+            }
+            parked.clear();
             garbage.clear();
         }
         removed

@@ -243,7 +243,7 @@ impl Builder {
                 let client = cluster_client(seeds, &self.config)?;
                 let (shards, events) = Shards::new(infos);
                 (
-                    Server::Cluster(client),
+                    Server::Cluster(Box::new(client)),
                     Subscriber::Cluster(Box::new(shards)),
                     Some(events),
                 )

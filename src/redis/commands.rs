@@ -30,7 +30,7 @@ pub(super) enum Server {
     /// One Redis (or a primary with replicas).
     Single(Box<Client>),
     /// A Redis Cluster, reached through its seed nodes.
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 impl Server {

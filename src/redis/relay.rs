@@ -61,6 +61,11 @@ pub(super) trait Relay: Send + Sync + 'static {
     /// Marks the channel broken (`Some`) or healed (`None`); returns
     /// whether that changed anything.
     fn set_failure(&self, failure: Option<Arc<BackplaneError>>) -> bool;
+    /// Whether a read of Redis was applied yet.
+    fn is_loaded(&self) -> bool;
+    /// A first read was tried (it may have failed): whoever waits for it
+    /// looks again.
+    fn load_attempted(&self);
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
@@ -520,6 +525,14 @@ impl<T: Codec + Send + Sync + 'static> Relay for ChannelCore<T> {
             self.with_local(|b| b.set_failing(is));
         }
         was != is
+    }
+
+    fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    fn load_attempted(&self) {
+        self.load.notify_waiters();
     }
 
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
