@@ -15,7 +15,7 @@
 //!   `wait_many` over 16 keys, registered and dropped.
 //!
 //! The hub's cost is the ratio `hub_notify` / `held_handles`. Memory per
-//! idle key is measured by `examples/key_memory.rs`.
+//! idle key is measured by `tools/src/bin/key_memory.rs`.
 //!
 //! ```text
 //! cargo bench --bench keyed

@@ -2,7 +2,8 @@
 //! driven over WebDriver by `chromedriver`.
 //!
 //! Two visitors (two browsers with separate profiles, so separate `session`
-//! cookies) open the page. One adds the item to their cart; the other's count
+//! cookies) open the page; its policy stops an injected inline script, and
+//! its own script (`page.js`) runs. One adds the item to their cart; the other's count
 //! drops without a reload; the first one's buttons swap and survive a reload;
 //! removing it brings the other's count back. Then the stock runs out: the
 //! pages say so, and a page whose polls were stalled, still showing stock,
@@ -94,6 +95,15 @@ mod in_chromium {
         };
     "#;
 
+    /// Adds an inline script to the page; returns whether it ran.
+    const INJECT_INLINE_SCRIPT: &str = r#"
+        window.inlineRan = false;
+        const script = document.createElement("script");
+        script.textContent = "window.inlineRan = true;";
+        document.head.appendChild(script);
+        return window.inlineRan;
+    "#;
+
     /// Undoes [`STALL_POLLS`] and tells the page the network is back.
     const UNSTALL_POLLS: &str = r#"
         window.fetch = window.unstalledFetch;
@@ -126,6 +136,13 @@ mod in_chromium {
         for (who, page) in [("A", &a), ("B", &b)] {
             assert_eq!(count(page).await, INVENTORY, "{who}: initial count");
             wait_for_buttons(page, who, false).await;
+        }
+        // The page's Content-Security-Policy is in force: a script injected
+        // inline does not run. (The page's own script, page.js, runs: it
+        // set up the buttons above.)
+        for (who, page) in [("A", &a), ("B", &b)] {
+            let ran = page.execute(INJECT_INLINE_SCRIPT, json!([])).await.unwrap();
+            assert_eq!(ran, json!(false), "{who}: an injected inline script ran");
         }
         // Anything that reloads B's page would drop this marker.
         b.execute("window.notReloaded = true;", json!([]))

@@ -3,7 +3,9 @@
 //! keep working; a half-sent request is closed after `--header-timeout`; an
 //! idle keep-alive connection (HTTP/1 and h2c) is closed after its timeout
 //! while a held long poll is not; a body over 8 KiB gets `413` without being
-//! read; long polls beyond `--max-waiters` get `503` with `Retry-After`.
+//! read; long polls beyond `--max-waiters` get `503` with `Retry-After`; a
+//! request head over `--max-header-bytes` gets `431` or a close, never an
+//! answer, and is never buffered past the limit.
 
 mod common;
 mod raw_http;
@@ -158,7 +160,7 @@ async fn idle_http1_connection_is_closed_after_the_idle_timeout_but_not_while_a_
 
 #[tokio::test]
 async fn idle_h2c_connection_is_closed_after_the_idle_timeout_but_not_while_a_poll_is_held() {
-    let server = common::Server::start(&["--idle-timeout", "0.3"]).await;
+    let server = common::Server::start(&["--h2c", "--idle-timeout", "0.3"]).await;
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -288,5 +290,148 @@ async fn long_polls_beyond_max_waiters_get_503_with_retry_after_and_freed_places
             .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.json_u64("version"), Some(version + 1));
+    }
+}
+
+// ---- request heads over --max-header-bytes ---------------------------------
+
+/// A `GET /healthz` whose head is exactly `len` bytes, padded with one header.
+fn head_of(len: usize) -> Vec<u8> {
+    let start = "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-pad: ";
+    let end = "\r\n\r\n";
+    let pad = len - start.len() - end.len();
+    format!("{start}{}{end}", "p".repeat(pad)).into_bytes()
+}
+
+/// Everything the server sends on `conn` until it closes it, or `None` if
+/// it is still open after [`HANG_GUARD`].
+async fn all_until_close(conn: &mut Conn) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, read).await.ok()?;
+    Some(all)
+}
+
+/// Sends `bytes` in pieces, ignoring errors: a server that refuses the head
+/// may close the connection while the rest is still being sent.
+async fn send_all_ignoring_errors(conn: &mut Conn, bytes: &[u8]) {
+    for piece in bytes.chunks(1024) {
+        if conn.send(piece).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What a head over the limit may get: `431` then a close, or a close alone;
+/// never another answer.
+fn assert_refused(answer: &[u8], what: &str) {
+    let text = String::from_utf8_lossy(answer);
+    assert!(
+        answer.is_empty() || text.starts_with("HTTP/1.1 431 "),
+        "{what}: expected 431 or a close, got {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn request_head_over_the_default_8_kib_gets_431_or_a_close_and_one_under_it_is_served() {
+    let server = common::Server::start(&["--header-timeout", "60"]).await;
+
+    let mut c = Conn::connect(server.addr).await.unwrap();
+    let r = c.request(&head_of(8 * 1024)).await.unwrap();
+    assert_eq!(r.status, 200, "a head of exactly 8 KiB is served");
+
+    for len in [8 * 1024 + 1, 12 * 1024, 20 * 1024] {
+        let mut c = Conn::connect(server.addr).await.unwrap();
+        send_all_ignoring_errors(&mut c, &head_of(len)).await;
+        let answer = all_until_close(&mut c)
+            .await
+            .unwrap_or_else(|| panic!("a {len}-byte head left the connection open"));
+        assert_refused(&answer, &format!("a {len}-byte head"));
+    }
+}
+
+#[tokio::test]
+async fn endless_request_head_is_cut_off_at_the_limit_not_buffered_until_the_header_timeout() {
+    // The header timeout is far away: only the size limit can end this.
+    let server = common::Server::start(&["--header-timeout", "60"]).await;
+    let mut c = Conn::connect(server.addr).await.unwrap();
+    let mut head = b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-endless: ".to_vec();
+    head.resize(9 * 1024, b'e');
+    send_all_ignoring_errors(&mut c, &head).await;
+    // 9 KiB and no end of head: the server has seen more than it buffers
+    // for one head, so it refuses without waiting for the rest.
+    let answer = all_until_close(&mut c)
+        .await
+        .expect("the server kept reading a head over its limit");
+    assert_refused(&answer, "an endless head");
+}
+
+#[tokio::test]
+async fn max_header_bytes_flag_sets_the_limit_and_h2c_mode_keeps_it() {
+    for flags in [
+        &["--max-header-bytes", "16384"][..],
+        &["--max-header-bytes", "16384", "--h2c"],
+    ] {
+        let mut all = vec!["--header-timeout", "60"];
+        all.extend_from_slice(flags);
+        let server = common::Server::start(&all).await;
+
+        let mut c = Conn::connect(server.addr).await.unwrap();
+        let r = c.request(&head_of(12 * 1024)).await.unwrap();
+        assert_eq!(r.status, 200, "{flags:?}: a 12 KiB head is served");
+
+        let mut c = Conn::connect(server.addr).await.unwrap();
+        send_all_ignoring_errors(&mut c, &head_of(17 * 1024)).await;
+        let answer = all_until_close(&mut c)
+            .await
+            .unwrap_or_else(|| panic!("{flags:?}: a 17 KiB head left the connection open"));
+        assert_refused(&answer, &format!("{flags:?}: a 17 KiB head"));
+    }
+}
+
+#[tokio::test]
+async fn h2c_request_with_headers_over_the_limit_is_refused() {
+    use http_body_util::Empty;
+
+    let server = common::Server::start(&["--h2c"]).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c with prior knowledge");
+    tokio::spawn(conn);
+    let request = |pad: usize| {
+        hyper::Request::get(format!("http://{}/healthz", server.addr))
+            .header("x-pad", "p".repeat(pad))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let small = send.send_request(request(1024)).await.unwrap();
+    assert_eq!(small.status(), 200);
+    // Refused: `431`, or the stream reset.
+    if let Ok(resp) = send.send_request(request(12 * 1024)).await {
+        assert_eq!(resp.status(), 431, "a 12 KiB header list was served");
+    }
+}
+
+#[test]
+fn max_header_bytes_outside_8_to_16_kib_is_refused_at_start() {
+    use clap::Parser;
+    for bad in ["8191", "16385", "lots"] {
+        let parsed = common::shopping_cart::Args::try_parse_from([
+            "shopping_cart",
+            "--max-header-bytes",
+            bad,
+        ]);
+        assert!(parsed.is_err(), "--max-header-bytes {bad} was accepted");
     }
 }

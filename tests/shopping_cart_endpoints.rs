@@ -693,11 +693,11 @@ async fn jquery_client_request_shapes_keep_working() {
 // ---- transport: h2c and the header-read timeout ----------------------------
 
 #[tokio::test]
-async fn h2c_with_prior_knowledge_is_served() {
+async fn h2c_with_prior_knowledge_is_served_with_the_h2c_flag() {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let server = Server::start(&[]).await;
+    let server = Server::start(&["--h2c"]).await;
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -713,6 +713,39 @@ async fn h2c_with_prior_knowledge_is_served() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["version"], 0);
+}
+
+#[tokio::test]
+async fn without_the_h2c_flag_an_http2_preface_gets_no_http2_answer() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let server = Server::start(&[]).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let handshake = tokio::time::timeout(
+        Duration::from_secs(10),
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+    )
+    .await
+    .expect("the handshake ends");
+    // hyper's client sends its preface and settings without waiting, so the
+    // handshake itself may succeed; the first request must not.
+    if let Ok((mut send, conn)) = handshake {
+        tokio::spawn(conn);
+        let req = http::Request::get(server.url("/healthz"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .expect("the request ends");
+        assert!(
+            answer.is_err(),
+            "an HTTP/1.1-only server answered h2: {answer:?}"
+        );
+    }
+    // HTTP/1.1 is served as ever.
+    let resp = client().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]

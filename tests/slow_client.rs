@@ -1,11 +1,12 @@
 //! Clients that do not read their answers: the server stops reading from
 //! them once their socket buffers are full (so they cost no more memory than
 //! that), everyone else is served as usual (a change still reaches 1000 held
-//! long polls), the idle timeout disconnects them, and one that reads at
-//! last gets every answer, in order.
+//! long polls), the idle timeout (not the header timeout) disconnects them,
+//! and one that reads at last gets every answer, in order.
 //!
 //! How much a slow client slows the fan-out is measured, not asserted here:
-//! `cargo run --release --example soak` prints the ratio.
+//! `cargo run --release -p longpoll-tools --bin soak -- --fanout-only` prints
+//! the ratio.
 
 mod common;
 mod raw_http;
@@ -152,6 +153,37 @@ async fn client_that_never_reads_is_disconnected_after_the_idle_timeout() {
         let mut conn = Conn::from_stream(slow);
         assert_eq!(conn.ending(HANG_GUARD).await, Ending::Closed);
     }
+}
+
+#[tokio::test]
+async fn client_whose_answers_are_stuck_gets_the_idle_timeout_not_the_header_timeout() {
+    // A request head must come within 0.3 s of the previous answer; but an
+    // answer the client is not reading is not the client's next head, so
+    // the connection gets the idle timeout, 2 s, from when its answers
+    // stopped moving.
+    let server = common::Server::start(&["--header-timeout", "0.3", "--idle-timeout", "2"]).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    let page = "GET / HTTP/1.1\r\nhost: 127.0.0.1\r\ncookie: session=stuck\r\n\r\n";
+    let chunk = page.repeat((64 * 1024) / page.len());
+    let mut last_progress = std::time::Instant::now();
+    let mut offset = 0;
+    // Write until the server closes the connection: a stalled write then
+    // fails (reset), as the server drops requests it never read.
+    let closed_after = loop {
+        let write = slow.write(&chunk.as_bytes()[offset..]);
+        match tokio::time::timeout(HANG_GUARD, write).await {
+            Err(_) => panic!("the connection stayed open for {HANG_GUARD:?}"),
+            Ok(Ok(n)) => {
+                offset = (offset + n) % chunk.len();
+                last_progress = std::time::Instant::now();
+            }
+            Ok(Err(_)) => break last_progress.elapsed(),
+        }
+    };
+    assert!(
+        closed_after >= Duration::from_millis(1200),
+        "closed {closed_after:?} after the answers got stuck: the header timeout, not the idle timeout"
+    );
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! | endpoint          | what                                                        |
 //! |-------------------|-------------------------------------------------------------|
 //! | `GET /`           | the page, with a `session` cookie for a new visitor         |
+//! | `GET /page.js`    | the page's script; `GET /favicon.ico`: its icon             |
 //! | `GET /status`     | the long poll: `since`, `epoch`, `timeout`, `If-None-Match` |
 //! | `POST /cart`      | `session=<id>&action=add\|remove`, form-encoded, at most 8 KiB |
 //! | `GET /stats`      | held long polls, version, epoch                             |
@@ -16,24 +17,30 @@
 //!
 //! The files:
 //!
-//! * `main.rs`: flags, the accept loop (a task per connection, HTTP/1.1 and
-//!   h2c through hyper-util's auto builder) and graceful shutdown;
+//! * `main.rs`: flags, the accept loop (a task per connection, HTTP/1.1, and
+//!   h2c too with `--h2c`) and graceful shutdown;
 //! * `routes.rs`: a `match` on method and path, one function per endpoint;
 //! * `cart.rs`: the cart state, changed atomically with its version;
 //! * `redis_store.rs`: the cart in Redis (`--redis URL`, feature `redis`),
 //!   so that several instances behind a load balancer share one inventory;
-//! * `conn.rs`: what one connection may cost (`--max-connections`, the
-//!   header and idle timeouts);
-//! * `index.html`: the page, vanilla JS, served with the state filled in.
+//! * `conn.rs`: what one connection may cost (`--max-connections`,
+//!   `--max-header-bytes`, the header and idle timeouts);
+//! * `tracker.rs`: the open connections, swept for idle ones, and drained
+//!   on shutdown;
+//! * `index.html`: the page, served with the state filled in, and
+//!   `page.js`, its script (vanilla JS); `assets.rs` serves the script and
+//!   the icon, `favicon.svg`, and holds the page's Content-Security-Policy.
 //!
 //! On SIGINT or SIGTERM the server stops accepting and closes the
 //! broadcaster, so every held long poll is answered `503` with
 //! `Retry-After: 1` at once, and exits within a second.
 
+mod assets;
 mod cart;
 mod conn;
 mod redis_store;
 mod routes;
+mod tracker;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,14 +49,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 pub(crate) use conn::Limits;
 pub(crate) use routes::App;
+use tracker::{Io, Tracked, Tracker};
 
 /// How long connections get, once the broadcaster is closed, to send their
 /// last answers before the process exits anyway.
@@ -85,6 +89,15 @@ pub(crate) struct Args {
     /// and closed at once.
     #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
     pub(crate) max_connections: usize,
+    /// Bytes a request head (request line and headers) may take, 8192 to
+    /// 16384 (the HTTP contract's ceiling); a longer one is answered `431`
+    /// and its connection closed.
+    #[arg(long, default_value_t = 8 * 1024, value_parser = header_bytes)]
+    pub(crate) max_header_bytes: usize,
+    /// Also serve HTTP/2 with prior knowledge (h2c) on the same port, for
+    /// proxies that speak it; browsers speak HTTP/2 only over TLS.
+    #[arg(long)]
+    pub(crate) h2c: bool,
     /// Keep the cart in the Redis at this URL (`redis://host:port/`), so
     /// that every instance started with it shares one inventory.
     #[arg(long, value_name = "URL")]
@@ -120,6 +133,8 @@ impl Args {
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            h2c: self.h2c,
         }
     }
 }
@@ -129,6 +144,15 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("`{s}` is not a whole number of at least 1")),
+    }
+}
+
+/// A request-head limit: 8 KiB (hyper's smallest read buffer) to 16 KiB (the
+/// contract: a head over 16 KiB is refused).
+fn header_bytes(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (8 * 1024..=16 * 1024).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of bytes from 8192 to 16384")),
     }
 }
 
@@ -166,15 +190,10 @@ pub(crate) async fn serve_with(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Without a header-read timeout, a client that sends half a request
-    // holds its connection (and a task) forever.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+    let builders = conn::Builders::new(&limits);
     let slots = conn::ConnectionSlots::new(limits.max_connections);
-    let graceful = GracefulShutdown::new();
+    let tracker = Arc::new(Tracker::new(limits));
+    let sweep = tokio::spawn(Arc::clone(&tracker).sweep());
     let mut shutdown = pin!(shutdown);
 
     loop {
@@ -194,34 +213,23 @@ pub(crate) async fn serve_with(
                     conn::refuse(tcp);
                     continue;
                 };
-                let app = Arc::clone(&app);
-                let activity = Arc::new(conn::Activity::default());
-                let service = service_fn({
-                    let activity = Arc::clone(&activity);
-                    move |req| {
-                        let busy = activity.begin();
-                        let answer = routes::route(Arc::clone(&app), req);
-                        async move {
-                            let answer = answer.await;
-                            drop(busy);
-                            answer
-                        }
-                    }
-                });
-                let conn = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
-                let conn = graceful.watch(conn);
+                let activity = tracker.open(slot);
+                let service = routes::Service::new(Arc::clone(&app), Arc::clone(&activity));
+                let io = Io::new(tcp, Arc::clone(&activity));
                 // A task per connection: a held long poll must not delay
-                // anyone else. Connection errors (a client that went away, a
-                // header timeout) concern that client only. The connection's
-                // place under `--max-connections` is returned when it ends:
-                // done, failed, or dropped here once idle too long.
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    tokio::select! {
-                        _ = conn => {}
-                        () = activity.until_idle(&limits) => {}
+                // anyone else. Its place under `--max-connections` is
+                // returned when it ends: done, failed, or closed by the
+                // tracker.
+                match &builders {
+                    conn::Builders::Http1(http1) => {
+                        let conn = http1.serve_connection(io, service);
+                        tokio::spawn(Tracked::new(conn, activity));
                     }
-                });
+                    conn::Builders::Auto(auto) => {
+                        let conn = auto.serve_connection(io, service).into_owned();
+                        tokio::spawn(Tracked::new(conn, activity));
+                    }
+                }
             }
             () = &mut shutdown => break,
         }
@@ -231,12 +239,12 @@ pub(crate) async fn serve_with(
     // Held long polls are answered now rather than at their timeout, so the
     // connections below can finish.
     app.close();
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    tracker.drain();
+    if tokio::time::timeout(DRAIN, slots.all_free()).await.is_err() {
         eprintln!("some connections did not finish in time; closing them");
+        tracker.close_all();
     }
+    sweep.abort();
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -1,6 +1,8 @@
 //! The routes: a plain `match` on method and path, one small function each.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,13 +10,16 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, SET_COOKIE,
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
+    COOKIE, SET_COOKIE,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
-use longpoll::http::{error_response, media_type_is, Form, LongPoll, PollConfig};
+use longpoll::http::{error_response, media_type_is, Form, LongPoll, PollConfig, PollRequest};
 use longpoll::Update;
 
+use super::assets;
 use super::cart::{Action, CartError, CartState, MemoryStore, Stock, Store};
+use super::tracker::{Activity, Busy};
 
 /// The page, with `{{SESSION}}`, `{{COUNT}}`, `{{INVENTORY}}`, `{{VERSION}}`,
 /// `{{EPOCH}}` and `{{IN_CART}}` filled in per request.
@@ -79,26 +84,99 @@ fn encode_stock(update: &Update<Stock>) -> Bytes {
     ))
 }
 
-/// Routes one request. Never fails: every error is an HTTP answer.
-pub(crate) async fn route(
+/// What every request is answered with: a boxed future, so that hyper's
+/// per-connection slot for it is two words whatever the route, and a
+/// request costs the size of its own route's future only.
+pub(crate) type Answer =
+    Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
+/// The service of one connection: routes each request, and marks it in
+/// progress until its answer is ready (see [`Activity`]).
+pub(crate) struct Service {
     app: Arc<App>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/") => page(&app, req.headers()).await,
-        (&Method::GET, "/status") => match app.poll.parse(req.uri(), req.headers()) {
-            Ok(poll) => app.poll.respond(&poll, app.poll.wait(&poll).await),
-            Err(e) => e.into_response(),
-        },
-        (&Method::POST, "/cart") => cart(&app, req).await,
-        (&Method::GET | &Method::HEAD, "/stats") => stats(&app),
-        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (_, "/" | "/stats" | "/healthz") => method_not_allowed("GET, HEAD"),
-        (_, "/status") => method_not_allowed("GET"),
-        (_, "/cart") => method_not_allowed("POST"),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    activity: Arc<Activity>,
+}
+
+impl Service {
+    pub(crate) fn new(app: Arc<App>, activity: Arc<Activity>) -> Service {
+        Service { app, activity }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: Request<Incoming>) -> Answer {
+        let busy = self.activity.begin(req.version() == hyper::Version::HTTP_2);
+        route(&self.app, req, busy)
+    }
+}
+
+/// Routes one request; `busy` ends with its answer. Never fails: every
+/// error is an HTTP answer.
+pub(crate) fn route(app: &Arc<App>, req: Request<Incoming>, busy: Busy) -> Answer {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/status") => status(app, req, busy),
+        (&Method::GET | &Method::HEAD, "/") => {
+            let app = Arc::clone(app);
+            answer_with(busy, async move { page(&app, req.headers()).await })
+        }
+        (&Method::POST, "/cart") => {
+            let app = Arc::clone(app);
+            answer_with(busy, async move { cart(&app, req).await })
+        }
+        (&Method::GET | &Method::HEAD, "/stats") => ready(busy, stats(app)),
+        (&Method::GET | &Method::HEAD, "/healthz") => ready(busy, text(StatusCode::OK, "ok\n")),
+        (&Method::GET | &Method::HEAD, path) if assets::is_asset(path) => {
+            let resp = assets::get(path, req.headers()).expect("an asset");
+            ready(busy, resp)
+        }
+        (_, "/" | "/stats" | "/healthz") => ready(busy, method_not_allowed("GET, HEAD")),
+        (_, path) if assets::is_asset(path) => ready(busy, method_not_allowed("GET, HEAD")),
+        (_, "/status") => ready(busy, method_not_allowed("GET")),
+        (_, "/cart") => ready(busy, method_not_allowed("POST")),
+        _ => ready(busy, text(StatusCode::NOT_FOUND, "not found\n")),
+    }
+}
+
+/// `GET /status`: the long poll.
+///
+/// The request is parsed into an owned [`PollRequest`] and dropped before
+/// the wait. Its URI and header values are slices of hyper's read buffer: a
+/// request kept alive while the poll is held would pin that buffer, and
+/// hyper's next read (which notices a client that goes away) would reserve a
+/// second one for every held poll.
+fn status(app: &Arc<App>, req: Request<Incoming>, busy: Busy) -> Answer {
+    let parsed = app.poll.parse(req.uri(), req.headers());
+    drop(req);
+    let request: PollRequest = match parsed {
+        Ok(request) => request,
+        Err(e) => return ready(busy, e.into_response()),
     };
-    Ok(resp.map(Full::new))
+    let app = Arc::clone(app);
+    Box::pin(async move {
+        let answer = app.poll.wait(&request).await;
+        let resp = app.poll.respond(&request, answer);
+        drop(busy);
+        Ok(resp.map(Full::new))
+    })
+}
+
+/// An answer that is ready now.
+fn ready(busy: Busy, resp: Response<Bytes>) -> Answer {
+    drop(busy);
+    Box::pin(std::future::ready(Ok(resp.map(Full::new))))
+}
+
+/// The answer `fut` makes, `busy` until then.
+fn answer_with(busy: Busy, fut: impl Future<Output = Response<Bytes>> + Send + 'static) -> Answer {
+    Box::pin(async move {
+        let resp = fut.await;
+        drop(busy);
+        Ok(resp.map(Full::new))
+    })
 }
 
 /// `GET /`: the page, showing this visitor's cart; a new visitor gets a
@@ -124,6 +202,7 @@ async fn page(app: &App, headers: &HeaderMap) -> Response<Bytes> {
     h.insert(CONTENT_TYPE, HTML);
     // The page embeds a version: a cached copy would start from a stale one.
     h.insert(CACHE_CONTROL, NO_STORE);
+    h.insert(CONTENT_SECURITY_POLICY, assets::PAGE_POLICY);
     if is_new {
         let cookie = format!("session={session}; Path=/; SameSite=Lax; HttpOnly");
         h.insert(

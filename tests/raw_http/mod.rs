@@ -3,7 +3,7 @@
 //! idle, requests pipelined without reading the answers, a connection
 //! closed by the server.
 //!
-//! Also used by `examples/soak.rs` (through `#[path]`): it depends on tokio
+//! Also used by `tools/src/bin/soak.rs` (through `#[path]`): it depends on tokio
 //! alone.
 #![allow(dead_code)]
 

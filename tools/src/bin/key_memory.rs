@@ -5,7 +5,7 @@
 //! process holds; the figures are deltas over the empty hub.
 //!
 //! ```text
-//! cargo run --release --example key_memory -- [keys] [churn]
+//! cargo run --release -p longpoll-tools --bin key_memory -- [keys] [churn]
 //! ```
 //!
 //! Defaults: 100 000 idle keys, then 1 000 000 churned keys.

@@ -3,7 +3,7 @@
 //! until every one of many waiters split over A and B has woken.
 //!
 //! ```sh
-//! cargo run --release --features redis --example redis_latency -- \
+//! cargo run --release -p longpoll-tools --features redis --bin redis_latency -- \
 //!     [--redis redis://127.0.0.1:6379/] [--rounds 1000] [--waiters 10000] \
 //!     [--fanout-rounds 50] [--workers 2]
 //! ```

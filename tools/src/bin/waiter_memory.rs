@@ -3,8 +3,8 @@
 //! bytes each costs over the bare task.
 //!
 //! ```text
-//! cargo run --release --example waiter_memory              # N = 100000 and 1000000
-//! cargo run --release --example waiter_memory -- 250000    # any list of N
+//! cargo run --release -p longpoll-tools --bin waiter_memory              # N = 100000 and 1000000
+//! cargo run --release -p longpoll-tools --bin waiter_memory -- 250000    # any list of N
 //! ```
 //!
 //! Each (variant, N) runs in a child process of its own on a current-thread

@@ -2,16 +2,17 @@
 //! checks that the server is back where it started.
 //!
 //! ```sh
-//! cargo build --release --features http --example shopping_cart
-//! cargo run --release --example soak                  # 2 minutes
-//! cargo run --release --example soak -- --duration 30 --fanout-rounds 2  # CI
-//! cargo run --release --example soak -- --fanout-only  # the slow-client ratio alone
+//! cargo build --release --example shopping_cart
+//! cargo run --release -p longpoll-tools --bin soak                  # 2 minutes
+//! cargo run --release -p longpoll-tools --bin soak -- --duration 30 --fanout-rounds 2  # CI
+//! cargo run --release -p longpoll-tools --bin soak -- --fanout-only  # the slow-client ratio alone
 //! # or against a server already running on the loopback address:
-//! cargo run --release --example soak -- --url http://127.0.0.1:9999 --pid 1234
+//! cargo run --release -p longpoll-tools --bin soak -- --url http://127.0.0.1:9999 --pid 1234
 //! ```
 //!
-//! Without `--url` it starts `target/release/examples/shopping_cart` (next
-//! to its own binary) on `127.0.0.1:0` with short timeouts. Then:
+//! Without `--url` it starts the `shopping_cart` example of its own target
+//! directory and profile (`target/release/examples/shopping_cart` beside
+//! `target/release/soak`) on `127.0.0.1:0` with short timeouts. Then:
 //!
 //! 1. **warm-up** (a quarter of `--duration`, but at least half of a short
 //!    one): the churn below, so that the server's allocator has grown to the
@@ -35,7 +36,7 @@
 //! not drain, or the RSS moved more than allowed. Only loopback addresses
 //! are accepted.
 
-#[path = "../tests/raw_http/mod.rs"]
+#[path = "../../../tests/raw_http/mod.rs"]
 mod raw_http;
 
 use std::collections::BTreeMap;
@@ -145,11 +146,13 @@ impl Target {
         }
         let binary = match &args.server {
             Some(path) => path.clone(),
-            None => std::env::current_exe()?.with_file_name("shopping_cart"),
+            None => std::env::current_exe()?
+                .with_file_name("examples")
+                .join("shopping_cart"),
         };
         if !binary.exists() {
             return Err(format!(
-                "{} is missing: run `cargo build --release --features http --example shopping_cart` first",
+                "{} is missing: run `cargo build --release --example shopping_cart` first",
                 binary.display()
             )
             .into());

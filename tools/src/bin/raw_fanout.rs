@@ -2,8 +2,8 @@
 //! `loadgen` holds the shopping_cart example against.
 //!
 //! ```text
-//! cargo run --release --example raw_fanout -- [--addr 127.0.0.1:9998] [--core minimal|longpoll]
-//! cargo run --release --example loadgen -- --url http://127.0.0.1:9998 --pid <its pid>
+//! cargo run --release -p longpoll-tools --bin raw_fanout -- [--addr 127.0.0.1:9998] [--core minimal|longpoll]
+//! cargo run --release -p longpoll-tools --bin loadgen -- --url http://127.0.0.1:9998 --pid <its pid>
 //! ```
 //!
 //! It speaks just enough HTTP/1.1 (keep-alive, `Content-Length` bodies, no
