@@ -39,6 +39,18 @@ pub enum KeyedError {
     Backplane(#[from] BackplaneError),
 }
 
+/// Where a [`KeyedChannels`] publish landed: the epoch and version of the
+/// update (or, for a repeated [`publish_once`](KeyedChannels::publish_once),
+/// of the first publish).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Published {
+    /// The key's epoch the update belongs to.
+    pub epoch: Epoch,
+    /// The update's version.
+    pub version: Version,
+}
+
 /// Configures a [`KeyedChannels`] hub: see [`Backplane::keyed`].
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct KeyedChannelsBuilder<T> {
@@ -214,10 +226,7 @@ impl<T: Codec + Send + Sync + 'static> KeyedChannelsBuilder<T> {
         self.assemble(init)
     }
 
-    fn assemble(
-        self,
-        init: Init<T>,
-    ) -> Result<KeyedChannels<T>, BackplaneError> {
+    fn assemble(self, init: Init<T>) -> Result<KeyedChannels<T>, BackplaneError> {
         let core = Arc::clone(&self.backplane.shared.core);
         check_name(&core.prefix, &format!("{}:", self.name))
             .map_err(|e| BackplaneError::new(Kind::Config, e))?;
@@ -594,8 +603,8 @@ impl<T: Codec + Send + Sync + 'static> KeyedChannels<T> {
         }
     }
 
-    /// Publishes `value` to `key` on every instance and returns its
-    /// version, as [`Channel::publish`](super::Channel::publish). The key
+    /// Publishes `value` to `key` on every instance and returns where it
+    /// landed, as [`Channel::publish`](super::Channel::publish). The key
     /// becomes live on this instance (so that the publish counts against
     /// [`max_keys`](KeyedChannelsBuilder::max_keys) before it reaches
     /// Redis), and its local waiters are woken before this returns. The
@@ -611,7 +620,7 @@ impl<T: Codec + Send + Sync + 'static> KeyedChannels<T> {
     /// # Cancel safety
     ///
     /// As [`Channel::publish`](super::Channel::publish).
-    pub async fn publish(&self, key: &str, value: T) -> Result<Version, KeyedError> {
+    pub async fn publish(&self, key: &str, value: T) -> Result<Published, KeyedError> {
         self.publish_inner(key, None, value).await
     }
 
@@ -630,7 +639,7 @@ impl<T: Codec + Send + Sync + 'static> KeyedChannels<T> {
         key: &str,
         id: impl AsRef<[u8]>,
         value: T,
-    ) -> Result<Version, KeyedError> {
+    ) -> Result<Published, KeyedError> {
         self.publish_inner(key, Some(id.as_ref()), value).await
     }
 
@@ -639,7 +648,7 @@ impl<T: Codec + Send + Sync + 'static> KeyedChannels<T> {
         key: &str,
         once: Option<&[u8]>,
         value: T,
-    ) -> Result<Version, KeyedError> {
+    ) -> Result<Published, KeyedError> {
         self.check(key)?;
         let b = self.inner.hub.broadcaster(key)?;
         if b.is_closed() {
@@ -681,7 +690,10 @@ impl<T: Codec + Send + Sync + 'static> KeyedChannels<T> {
             relay.settle(core, &reply, value).await;
         }
         drop(b);
-        Ok(reply.version)
+        Ok(Published {
+            epoch: reply.epoch,
+            version: reply.version,
+        })
     }
 
     /// Runs `script` as a read-modify-publish of `key` (see

@@ -193,5 +193,5 @@ pub use backplane::{Backplane, Builder, Stats};
 pub use channel::{Channel, ChannelBuilder};
 pub use codec::{Codec, DecodeError};
 pub use error::BackplaneError;
-pub use keyed::{KeyedChannels, KeyedChannelsBuilder, KeyedError};
+pub use keyed::{KeyedChannels, KeyedChannelsBuilder, KeyedError, Published};
 pub use modify::{Modified, Modify, ModifyScript};
