@@ -89,7 +89,7 @@ async fn a_publish_on_a_wakes_a_waiter_on_b_and_a_read_creates_nothing() {
     // the absent state is told so, with the message.
     let absent = lobby_b.current().cursor();
     let wait = lobby_b.wait_timeout(absent, WAIT);
-    let v1 = on_a.publish("lobby", "hello".into()).await.unwrap();
+    let v1 = on_a.publish("lobby", "hello".into()).await.unwrap().version;
     let changed = wait.await.unwrap();
     assert_eq!(changed.resync(), Some(Resync::OtherEpoch));
     assert_eq!(
@@ -99,7 +99,7 @@ async fn a_publish_on_a_wakes_a_waiter_on_b_and_a_read_creates_nothing() {
 
     // From then on, in sequence.
     let wait = lobby_b.wait_timeout(changed.cursor(), WAIT);
-    let v2 = on_a.publish("lobby", "again".into()).await.unwrap();
+    let v2 = on_a.publish("lobby", "again".into()).await.unwrap().version;
     let changed = wait.await.unwrap();
     assert_eq!(changed.resync(), None);
     assert_eq!(
@@ -140,11 +140,15 @@ async fn a_key_is_subscribed_while_live_and_unsubscribed_once_parked() {
     // Back on x: subscribed again, and it reads what it missed.
     let b = instance(&redis, &prefix).await;
     let on_b = rooms(&b, WAIT);
-    let v = on_b.publish("x", "while parked".into()).await.unwrap();
+    let v = on_b
+        .publish("x", "while parked".into())
+        .await
+        .unwrap()
+        .version;
     let x = on_a.broadcaster("x").await.unwrap();
     assert_eq!(x.version(), v, "the first use reads the key from Redis");
     assert_eq!(subscribers(&redis, &names).await, [2, 1]);
-    let v = on_b.publish("y", "wakes".into()).await.unwrap();
+    let v = on_b.publish("y", "wakes".into()).await.unwrap().version;
     assert_eq!(wait.await.unwrap().version(), v);
     drop(x);
     until("every key is unsubscribed once idle", async || {
@@ -284,7 +288,7 @@ async fn a_key_that_expired_in_redis_is_a_new_epoch_for_old_cursors() {
     assert_eq!(cmd::<i64>(&redis, redis::cmd("EXISTS").arg(&key)).await, 0);
     // The next publish is a new epoch again, never a reused version.
     let wait = r.wait_timeout(changed.cursor(), WAIT);
-    let v = on_a.publish("r", "three".into()).await.unwrap();
+    let v = on_a.publish("r", "three".into()).await.unwrap().version;
     let next = wait.await.unwrap();
     assert_eq!(next.resync(), Some(Resync::OtherEpoch));
     assert_eq!((next.version(), &**next.value()), (v, &"three".to_string()));
@@ -317,4 +321,32 @@ async fn wait_many_loads_every_key_and_answers_the_one_that_changed() {
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].0, "p");
     assert_eq!(&**ready[0].1.as_ref().unwrap().value(), "p2");
+}
+
+#[tokio::test]
+async fn dropping_the_hub_and_its_backplane_closes_every_connection() {
+    let Some(redis) = OwnRedis::start("dropping_the_hub_and_its_backplane") else {
+        return;
+    };
+    let clients = || async {
+        let list: String = cmd(&redis, redis::cmd("CLIENT").arg("LIST")).await;
+        // Every client but the one asking.
+        list.lines().count() - 1
+    };
+    let prefix = unique_prefix("drop");
+    let a = instance(&redis, &prefix).await;
+    let on_a = rooms(&a, Duration::from_millis(100));
+    on_a.publish("x", "1".into()).await.unwrap();
+    drop(on_a.broadcaster("y").await.unwrap());
+    assert!(
+        clients().await >= 2,
+        "a command and a subscription connection"
+    );
+    drop(on_a);
+    drop(a);
+    // Nothing of the hub (its loader, its sweeper) keeps the backplane.
+    until("every connection of the backplane is closed", async || {
+        clients().await == 0
+    })
+    .await;
 }

@@ -341,6 +341,8 @@ pub(super) struct Inner<T> {
 
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
+        // The loader finds the hub gone and ends.
+        self.queue.wake.notify_one();
         // Nothing of this hub is relayed any more.
         let relays: Vec<Arc<dyn Relay>> = self
             .relays

@@ -72,6 +72,9 @@ where
     loop {
         let keys = queue.take();
         if keys.is_empty() {
+            if hub.strong_count() == 0 {
+                return; // the hub is gone (its drop woke us)
+            }
             queue.wake.notified().await;
             continue;
         }
