@@ -31,7 +31,8 @@ use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
-use longpoll::keyed::{KeyWait, Keyed};
+use longpoll::keyed::Keyed;
+use longpoll::OwnedWait;
 use longpoll::{Broadcaster, Cursor};
 
 const KEYS: u64 = 10_000;
@@ -58,7 +59,7 @@ fn hub() -> Keyed<u64, u64> {
 }
 
 /// 10 waiters on every key, each polled once (registered).
-fn register(hub: &Keyed<u64, u64>, waker: &Waker) -> Vec<KeyWait<u64>> {
+fn register(hub: &Keyed<u64, u64>, waker: &Waker) -> Vec<OwnedWait<u64>> {
     let mut cx = Context::from_waker(waker);
     let mut waits = Vec::with_capacity(KEYS as usize * WAITERS_PER_KEY);
     for k in 0..KEYS {

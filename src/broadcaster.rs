@@ -1,308 +1,35 @@
-//! [`Broadcaster`]: the handle, its shared state and the publish paths.
+//! [`Broadcaster`]: the handle and the publish paths.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
-use std::task::Waker;
+use std::sync::atomic::Ordering;
 
-use crate::changed::{Changed, Resync, Update};
+use crate::changed::{Changed, Update};
 use crate::error::{ClosedError, PublishError, WaitError};
-use crate::sync::{Mutex, MutexGuard};
-use crate::wait::{Registration, UpdateStream, Wait, WaitState};
-use crate::waiters::{Taken, Waiters};
-use crate::{Cursor, Epoch, Version};
+use crate::shared::{resume, Inner, Panic, Shared};
+use crate::sync::{Arc, MutexGuard};
+use crate::wait::{ChangedStream, OwnedWait, Registration, Wait, WaitState};
+use crate::{Builder, Cursor, Epoch, Version};
 
 /// A value that changes over time, and the waiters that want to hear of it.
 ///
 /// `Broadcaster` is a cheap handle: clones share one state, and it is
 /// `Send + Sync` when `T` is. See the [crate documentation](crate) for the
 /// cursor rules and a complete long-poll loop.
+///
+/// # Handles and the last one
+///
+/// Every `Broadcaster` value is a *handle*: only handles publish. What
+/// waits is not a handle: a [`wait_owned`](Self::wait_owned) future, a
+/// [`stream`](Self::stream), a [`Registration`] or a detached callback
+/// keeps the state alive but not the sequence. When the last handle is
+/// dropped nothing can ever be published again, so the broadcaster closes
+/// as [`close`](Self::close) does: pending waits resolve with
+/// [`WaitError::Closed`], streams yield it and end, callbacks are called
+/// with it (on the thread that dropped the handle). A callback that owns a
+/// clone of the handle keeps the broadcaster open, as a
+/// `tokio::sync::watch` receiver that holds its own sender would.
 pub struct Broadcaster<T> {
     pub(crate) shared: Arc<Shared<T>>,
-}
-
-/// The state every handle, future and registration points at.
-pub(crate) struct Shared<T> {
-    /// Everything that changes, under one lock: value, version, epoch,
-    /// history and waiters move together, which is what makes
-    /// "register, then check" airtight.
-    pub(crate) inner: Mutex<Inner<T>>,
-    /// Most updates kept for cursors that fall behind (at least 1).
-    history: usize,
-    /// Most waiters (futures and callbacks) registered at once.
-    pub(crate) max_waiters: usize,
-    /// How far ahead of the current version a same-epoch cursor may be and
-    /// still wait for that version rather than be answered at once (0: not
-    /// at all). A backplane sets it: there, a cursor ahead usually comes
-    /// from a faster instance, and this one will get there.
-    pub(crate) hold_ahead: u8,
-    /// The emptied waker vector of the last fan-out, for the next round of
-    /// registrations. Under its own lock, so that returning it after a
-    /// fan-out does not contend with the waiters that fan-out just woke.
-    /// Lock order: `inner`, then `spare`.
-    spare: Mutex<Vec<Option<Waker>>>,
-}
-
-pub(crate) struct Inner<T> {
-    /// Retained updates, oldest first; the last one is the current state.
-    /// Never empty.
-    history: VecDeque<Update<T>>,
-    /// Waiters registered at the current `(epoch, version)`.
-    pub(crate) waiters: Waiters<T>,
-    /// Bumped by every [`Broadcaster::restart`] into another epoch. Within
-    /// one era `(epoch, version)` only goes up; a restart may return to an
-    /// earlier pair (a failover to a store holding an old epoch), and the era
-    /// tells a waiter of the old sequence from one of the new.
-    pub(crate) era: u16,
-    pub(crate) closed: bool,
-    /// While set, waits are answered [`WaitError::Closed`] at once, as if
-    /// closed, but publishes still go through: a backplane channel whose
-    /// store holds unusable data, until it heals.
-    pub(crate) failing: bool,
-}
-
-impl<T> Inner<T> {
-    pub(crate) fn current(&self) -> &Update<T> {
-        self.history.back().expect("history is never empty")
-    }
-
-    /// Whether the broadcaster still stands where a waiter registered: if so,
-    /// the waiter's slot is still in the list.
-    pub(crate) fn holds(&self, since: Version, epoch: Option<Epoch>, era: u16) -> bool {
-        let cur = self.current();
-        !self.refuses_waits() && cur.version == since && Some(cur.epoch) == epoch && self.era == era
-    }
-
-    /// Whether a wait is answered [`WaitError::Closed`] now.
-    pub(crate) fn refuses_waits(&self) -> bool {
-        self.closed || self.failing
-    }
-
-    /// As [`answer`](Self::answer), except that a cursor of the current
-    /// epoch at most `hold` versions ahead waits (`None`) for the version it
-    /// names.
-    pub(crate) fn answer_or_hold(
-        &self,
-        since: Version,
-        epoch: Option<Epoch>,
-        hold: u8,
-    ) -> Option<Changed<T>> {
-        let cur = self.current();
-        if since > cur.version
-            && epoch.is_none_or(|e| e == cur.epoch)
-            && since.get() - cur.version.get() <= u64::from(hold)
-        {
-            return None;
-        }
-        self.answer(since, epoch)
-    }
-
-    /// What a cursor gets now, or `None` if it must wait for the next change.
-    pub(crate) fn answer(&self, since: Version, epoch: Option<Epoch>) -> Option<Changed<T>> {
-        let cur = self.current();
-        if epoch.is_some_and(|e| e != cur.epoch) {
-            return Some(self.retained_after(None, Some(Resync::OtherEpoch)));
-        }
-        if since == cur.version {
-            return None;
-        }
-        if since > cur.version {
-            return Some(self.retained_after(None, Some(Resync::Ahead)));
-        }
-        let missed = cur.version.get() - since.get();
-        // The common cases, without walking the history: a waiter woken by
-        // the last publish is exactly one version behind, and with a history
-        // of one only the current value is there to give.
-        if missed == 1 || self.history.len() == 1 {
-            let resync = (missed > 1).then_some(Resync::Lagged {
-                skipped: missed - 1,
-            });
-            return Some(Changed::one(cur.clone(), resync));
-        }
-        let kept = self
-            .history
-            .iter()
-            .rev()
-            .take_while(|u| u.version > since)
-            .count() as u64;
-        let resync = (kept < missed).then_some(Resync::Lagged {
-            skipped: missed - kept,
-        });
-        Some(self.retained_after(Some(since), resync))
-    }
-
-    /// The retained updates newer than `since` (all of them for `None`).
-    fn retained_after(&self, since: Option<Version>, resync: Option<Resync>) -> Changed<T> {
-        let newer = |u: &&Update<T>| since.is_none_or(|s| u.version > s);
-        if self.history.len() == 1 || self.history.iter().rev().nth(1).is_none_or(|u| !newer(&u)) {
-            return Changed::one(self.current().clone(), resync);
-        }
-        let mut updates: Vec<Update<T>> = self
-            .history
-            .iter()
-            .rev()
-            .take_while(newer)
-            .cloned()
-            .collect();
-        updates.reverse();
-        Changed::many(updates, resync)
-    }
-
-    /// Makes `update` the current state and takes every waiter out.
-    /// Returns what must be dropped or woken once the lock is released.
-    fn push(
-        &mut self,
-        update: Update<T>,
-        history: usize,
-        spare: &Mutex<Vec<Option<Waker>>>,
-    ) -> (Taken<T>, Option<Update<T>>) {
-        let evicted = if self.history.len() >= history {
-            self.history.pop_front()
-        } else {
-            None
-        };
-        self.history.push_back(update);
-        (self.waiters.take_all(spare), evicted)
-    }
-}
-
-/// Configures a [`Broadcaster`]: history, waiter limit, epoch, first version.
-///
-/// ```
-/// use longpoll::{Broadcaster, Version};
-///
-/// let b = Broadcaster::builder()
-///     .history(64)          // cursors up to 64 versions behind miss nothing
-///     .max_waiters(100_000) // the 100 001st waiter gets `WaitError::Full`
-///     .build(String::from("hello"));
-/// assert_eq!(b.version(), Version::ZERO);
-/// assert_eq!(b.max_waiters(), Some(100_000));
-/// ```
-#[derive(Clone, Debug)]
-#[must_use = "a builder does nothing until `build` is called"]
-pub struct Builder {
-    history: usize,
-    max_waiters: Option<usize>,
-    epoch: Option<Epoch>,
-    initial_version: Version,
-    hold_ahead: u8,
-    failing: bool,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Builder {
-            history: 1,
-            max_waiters: None,
-            epoch: None,
-            initial_version: Version::ZERO,
-            hold_ahead: 0,
-            failing: false,
-        }
-    }
-}
-
-impl Builder {
-    /// The defaults: a history of one, no waiter limit, a random epoch,
-    /// version 0.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Keeps the last `k` updates (default 1: latest-value semantics).
-    ///
-    /// A cursor at most `k` versions behind the current one receives every
-    /// update it missed, in order. An older one receives what is retained,
-    /// flagged [`Resync::Lagged`] with the number of versions it lost.
-    ///
-    /// # Panics
-    ///
-    /// If `k` is 0: the current value is always retained.
-    pub fn history(mut self, k: usize) -> Self {
-        assert!(
-            k >= 1,
-            "longpoll: history must keep at least the current value"
-        );
-        self.history = k;
-        self
-    }
-
-    /// Refuses registrations past `n` waiters (futures and callbacks
-    /// together) with [`WaitError::Full`]. Default: no limit.
-    pub fn max_waiters(mut self, n: usize) -> Self {
-        self.max_waiters = Some(n);
-        self
-    }
-
-    /// Uses `epoch` instead of a random one: for a sequence that continues
-    /// one kept elsewhere (a database, a backplane).
-    pub fn epoch(mut self, epoch: Epoch) -> Self {
-        self.epoch = Some(epoch);
-        self
-    }
-
-    /// Starts the sequence at `version` instead of 0.
-    pub fn initial_version(mut self, version: Version) -> Self {
-        self.initial_version = version;
-        self
-    }
-
-    /// Lets a cursor of the current epoch up to `max` versions ahead wait
-    /// for that version instead of being answered at once with
-    /// [`Resync::Ahead`] (futures and streams; a callback is still answered
-    /// at once). For a backplane, whose instances reach a version one after
-    /// the other.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn hold_ahead(mut self, max: u8) -> Self {
-        self.hold_ahead = max;
-        self
-    }
-
-    /// Builds the broadcaster failing (see `Inner::failing`): its waits are
-    /// refused until `set_failing(false)`. For a backplane key, whose state
-    /// is read from Redis after the broadcaster is made.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn refusing_waits(mut self) -> Self {
-        self.failing = true;
-        self
-    }
-
-    /// Builds the broadcaster, holding `initial` at the initial version.
-    pub fn build<T>(self, initial: T) -> Broadcaster<T> {
-        let first = Update {
-            epoch: self.epoch.unwrap_or_else(Epoch::random),
-            version: self.initial_version,
-            value: Arc::new(initial),
-        };
-        self.build_from(vec![first])
-    }
-
-    /// Builds a broadcaster that continues `retained` (oldest first, never
-    /// empty): its epoch, versions and history, with this builder's limits.
-    /// The keyed hub uses it to bring back a key it parked while idle; the
-    /// builder's epoch and initial version are not used.
-    pub(crate) fn build_from<T>(self, retained: Vec<Update<T>>) -> Broadcaster<T> {
-        debug_assert!(!retained.is_empty());
-        let skip = retained.len().saturating_sub(self.history);
-        let mut history = VecDeque::with_capacity(self.history.min(1024));
-        history.extend(retained.into_iter().skip(skip));
-        Broadcaster {
-            shared: Arc::new(Shared {
-                inner: Mutex::new(Inner {
-                    history,
-                    waiters: Waiters::new(),
-                    era: 0,
-                    closed: false,
-                    failing: self.failing,
-                }),
-                history: self.history,
-                max_waiters: self.max_waiters.unwrap_or(usize::MAX),
-                hold_ahead: self.hold_ahead,
-                spare: Mutex::new(Vec::new()),
-            }),
-        }
-    }
 }
 
 impl Broadcaster<()> {
@@ -320,18 +47,35 @@ impl<T> Broadcaster<T> {
         Builder::default().build(initial)
     }
 
+    /// A handle over `shared`, counted.
+    pub(crate) fn from_shared(shared: Arc<Shared<T>>) -> Self {
+        shared.handles.fetch_add(1, Ordering::Relaxed);
+        Broadcaster { shared }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         self.shared.inner.lock()
     }
 
-    /// Replaces the value, bumps the version by one and wakes every waiter.
+    /// Replaces the value, bumps the version by one and wakes every waiter:
+    /// this crate's `send`.
     ///
     /// Waking happens after the lock is released, and costs no allocation
-    /// per waiter.
+    /// per waiter. Once the history is full, a publish reuses the
+    /// allocation of the update it evicts when nobody holds that one any
+    /// more; the evicted value is dropped after the waiters are woken.
     ///
     /// # Errors
     ///
     /// [`ClosedError`] once the broadcaster is closed; the value is dropped.
+    ///
+    /// # Panics
+    ///
+    /// At version `u64::MAX` (see [`Version::next`]), with nothing
+    /// published. If a waiter's waker or a callback panics, every other
+    /// waiter is still woken or called, and then the first panic resumes
+    /// here: the update *was* published (read [`version`](Self::version)
+    /// to see where the sequence stands).
     ///
     /// ```
     /// # let b = longpoll::Broadcaster::new(0);
@@ -341,22 +85,27 @@ impl<T> Broadcaster<T> {
     /// # Ok::<(), longpoll::ClosedError>(())
     /// ```
     pub fn notify(&self, value: T) -> Result<Version, ClosedError> {
-        let value = Arc::new(value);
-        let inner = self.lock();
+        let mut inner = self.lock();
         if inner.closed {
             drop(inner);
+            drop(value);
             return Err(ClosedError);
         }
-        let version = inner.current().version.next();
-        let epoch = inner.current().epoch;
-        self.publish_locked(
-            inner,
-            Update {
-                epoch,
-                version,
-                value,
-            },
-        );
+        let Some(version) = next_version(&inner) else {
+            drop(inner);
+            drop(value);
+            panic!("longpoll: version overflow");
+        };
+        let prev = (inner.current().version, inner.current().epoch);
+        let (value, old) = inner.arc_for(self.shared.history, value);
+        let update = Update {
+            epoch: prev.1,
+            version,
+            value,
+        };
+        let panicked = self.publish_locked(inner, prev, update);
+        drop(old);
+        resume(panicked);
         Ok(version)
     }
 
@@ -366,12 +115,20 @@ impl<T> Broadcaster<T> {
     /// `f` returns `None` to publish nothing: the version stays and nobody
     /// is woken. Returns the new version, or `None` if `f` declined.
     ///
-    /// `f` runs under the broadcaster's lock: keep it short, and do not call
-    /// back into this broadcaster from it (that deadlocks).
+    /// `f` runs under the broadcaster's lock (the only user code that
+    /// does): keep it short, and do not call back into this broadcaster
+    /// from it (that deadlocks). The value it returns is dropped, if ever,
+    /// outside the lock.
     ///
     /// # Errors
     ///
     /// [`ClosedError`] once the broadcaster is closed; `f` is not called.
+    ///
+    /// # Panics
+    ///
+    /// At version `u64::MAX`, before `f` is called. A panic of `f`
+    /// propagates with nothing published. Panicking wakers and callbacks
+    /// as [`notify`](Self::notify).
     ///
     /// ```
     /// # let b = longpoll::Broadcaster::new(10u32);
@@ -385,23 +142,27 @@ impl<T> Broadcaster<T> {
     where
         F: FnOnce(&T) -> Option<T>,
     {
-        let inner = self.lock();
+        let mut inner = self.lock();
         if inner.closed {
             return Err(ClosedError);
         }
+        let Some(version) = next_version(&inner) else {
+            drop(inner);
+            panic!("longpoll: version overflow");
+        };
         let Some(value) = f(inner.current().value()) else {
             return Ok(None);
         };
-        let version = inner.current().version.next();
-        let epoch = inner.current().epoch;
-        self.publish_locked(
-            inner,
-            Update {
-                epoch,
-                version,
-                value: Arc::new(value),
-            },
-        );
+        let prev = (inner.current().version, inner.current().epoch);
+        let (value, old) = inner.arc_for(self.shared.history, value);
+        let update = Update {
+            epoch: prev.1,
+            version,
+            value,
+        };
+        let panicked = self.publish_locked(inner, prev, update);
+        drop(old);
+        resume(panicked);
         Ok(Some(version))
     }
 
@@ -409,15 +170,19 @@ impl<T> Broadcaster<T> {
     ///
     /// For backplanes that relay a sequence numbered elsewhere: skipped
     /// versions count as lost, so a cursor inside the gap is answered with
-    /// [`Resync::Lagged`].
+    /// [`Resync::Lagged`](crate::Resync::Lagged).
     ///
     /// # Errors
     ///
     /// [`PublishError::NotNewer`] if `version` is not above the current one
     /// (a duplicate or reordered delivery); [`PublishError::Closed`] once
     /// closed. Nothing is published in either case.
+    ///
+    /// # Panics
+    ///
+    /// Panicking wakers and callbacks as [`notify`](Self::notify).
     pub fn publish_at(&self, version: Version, value: T) -> Result<(), PublishError> {
-        let value = Arc::new(value);
+        let value = std::sync::Arc::new(value);
         let inner = self.lock();
         self.publish_at_locked(inner, version, value)
     }
@@ -426,7 +191,7 @@ impl<T> Broadcaster<T> {
         &self,
         inner: MutexGuard<'_, Inner<T>>,
         version: Version,
-        value: Arc<T>,
+        value: std::sync::Arc<T>,
     ) -> Result<(), PublishError> {
         // On refusal, release the lock before `value` is dropped: its drop
         // may run arbitrary code, even a publish on this broadcaster.
@@ -439,32 +204,39 @@ impl<T> Broadcaster<T> {
             drop(inner);
             return Err(PublishError::NotNewer { version, current });
         }
-        let epoch = inner.current().epoch;
-        self.publish_locked(
-            inner,
-            Update {
-                epoch,
-                version,
-                value,
-            },
-        );
+        let prev = (current, inner.current().epoch);
+        let update = Update {
+            epoch: prev.1,
+            version,
+            value,
+        };
+        resume(self.publish_locked(inner, prev, update));
         Ok(())
     }
 
     /// Starts a new sequence: a new `epoch`, at `version`, holding `value`.
     ///
     /// The history is cleared and every waiter is answered at once with
-    /// [`Resync::OtherEpoch`]. A backplane calls this when the store that
-    /// numbered the old sequence lost it. With the current epoch this is
-    /// [`publish_at`](Self::publish_at).
+    /// [`Resync::OtherEpoch`](crate::Resync::OtherEpoch). A backplane calls
+    /// this when the store that numbered the old sequence lost it. With the
+    /// current epoch this is [`publish_at`](Self::publish_at).
+    ///
+    /// A restart may return to an `(epoch, version)` the broadcaster held
+    /// before, any number of times: a waiter of the earlier sequence never
+    /// takes or removes the slot of a waiter of the later one.
     ///
     /// # Errors
     ///
     /// As [`publish_at`](Self::publish_at).
+    ///
+    /// # Panics
+    ///
+    /// Panicking wakers and callbacks as [`notify`](Self::notify).
     pub fn restart(&self, epoch: Epoch, version: Version, value: T) -> Result<(), PublishError> {
-        let value = Arc::new(value);
+        let value = std::sync::Arc::new(value);
         let mut inner = self.lock();
         if inner.closed {
+            drop(inner);
             return Err(PublishError::Closed);
         }
         let (old_version, old_epoch) = (inner.current().version, inner.current().epoch);
@@ -472,24 +244,31 @@ impl<T> Broadcaster<T> {
             return self.publish_at_locked(inner, version, value);
         }
         let old = std::mem::take(&mut inner.history);
-        inner.era = inner.era.wrapping_add(1);
         inner.history.push_back(Update {
             epoch,
             version,
             value,
         });
-        let taken = inner.waiters.take_all(&self.shared.spare);
+        let taken = inner.take_all(&self.shared.spare);
         // Every callback registered at the old (version, epoch).
         let answer = inner.answer(old_version, Some(old_epoch));
         drop(inner);
         drop(old);
-        self.fan_out(taken, || answer.clone().ok_or(WaitError::Closed));
+        resume(
+            self.shared
+                .fan_out(taken, || answer.clone().ok_or(WaitError::Closed)),
+        );
         Ok(())
     }
 
-    /// Publishes `update` (already validated), releases the lock, then wakes.
-    fn publish_locked(&self, mut inner: MutexGuard<'_, Inner<T>>, update: Update<T>) {
-        let prev = (inner.current().version, inner.current().epoch);
+    /// Publishes `update` (already validated) after `prev`, the state the
+    /// waiters registered at, releases the lock, then wakes.
+    fn publish_locked(
+        &self,
+        mut inner: MutexGuard<'_, Inner<T>>,
+        prev: (Version, Epoch),
+        update: Update<T>,
+    ) -> Option<Panic> {
         let (taken, evicted) = inner.push(update, self.shared.history, &self.shared.spare);
         // Callbacks all registered at `prev`: one answer serves them all.
         let answer = if taken.callbacks.is_empty() {
@@ -498,52 +277,31 @@ impl<T> Broadcaster<T> {
             inner.answer(prev.0, Some(prev.1))
         };
         drop(inner);
+        // Wake first: the evicted value's drop (a free, or user code) is
+        // nobody's wait.
+        let panicked = self
+            .shared
+            .fan_out(taken, || answer.clone().ok_or(WaitError::Closed));
         drop(evicted);
-        self.fan_out(taken, || answer.clone().ok_or(WaitError::Closed));
-    }
-
-    /// Wakes what a publish or a close took out, outside the lock.
-    ///
-    /// Everyone is told even if a waker or a callback panics; the first
-    /// panic is resumed once everyone has been told.
-    fn fan_out(&self, taken: Taken<T>, answer: impl Fn() -> Result<Changed<T>, WaitError>) {
-        let Taken {
-            mut wakers,
-            callbacks,
-        } = taken;
-        let mut panicked = None;
-        if !wakers.is_empty() {
-            // `wake_all` wakes the rest if one panics; the callbacks below
-            // still run, and the panic is resumed at the end.
-            if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| wake_all(&mut wakers))) {
-                panicked = Some(p);
-                wakers.clear();
-            }
-            let mut spare = self.shared.spare.lock();
-            if wakers.capacity() > spare.capacity() {
-                *spare = wakers;
-            }
-        }
-        for cb in callbacks.into_iter().flatten() {
-            let answer = answer();
-            if let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || cb(answer))) {
-                panicked.get_or_insert(p);
-            }
-        }
-        if let Some(p) = panicked {
-            panic::resume_unwind(p);
-        }
+        panicked
     }
 
     /// Closes the broadcaster: every pending waiter resolves with
     /// [`WaitError::Closed`] and every later wait fails at once.
     ///
     /// A future that a publish woke but that has not been polled yet also
-    /// resolves `Closed`: after a close, nothing is delivered.
+    /// resolves `Closed`: after a close, nothing is delivered. Dropping the
+    /// last handle closes too (see [the type's docs](Self#handles-and-the-last-one)).
     ///
     /// For graceful shutdown: a server closes its broadcasters so that held
     /// long polls are answered (`503`, `Retry-After`) instead of running out
     /// their timeout. Returns `false` if it was already closed.
+    ///
+    /// # Panics
+    ///
+    /// If a callback panics, every other one is still called with
+    /// `Closed`, then the first panic resumes here; the broadcaster is
+    /// closed.
     ///
     /// ```
     /// # tokio_test::block_on(async {
@@ -557,21 +315,15 @@ impl<T> Broadcaster<T> {
     /// # });
     /// ```
     pub fn close(&self) -> bool {
-        let mut inner = self.lock();
-        if inner.closed {
-            return false;
-        }
-        inner.closed = true;
-        let taken = inner.waiters.take_all(&self.shared.spare);
-        drop(inner);
-        self.fan_out(taken, || Err(WaitError::Closed));
-        true
+        let (closed, panicked) = self.shared.close();
+        resume(panicked);
+        closed
     }
 
     /// Sets or clears the failing state (see `Inner::failing`). Setting it
-    /// answers every pending waiter with [`WaitError::Closed`]; it starts a
-    /// new era, so that no stale waiter touches a slot of the list taken
-    /// here. Returns whether the state changed.
+    /// answers every pending waiter with [`WaitError::Closed`] (taking the
+    /// list out starts a new generation, so no stale waiter touches a slot
+    /// of a later one). Returns whether the state changed.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn set_failing(&self, failing: bool) -> bool {
         let mut inner = self.lock();
@@ -582,10 +334,9 @@ impl<T> Broadcaster<T> {
         if !failing {
             return true;
         }
-        inner.era = inner.era.wrapping_add(1);
-        let taken = inner.waiters.take_all(&self.shared.spare);
+        let taken = inner.take_all(&self.shared.spare);
         drop(inner);
-        self.fan_out(taken, || Err(WaitError::Closed));
+        resume(self.shared.fan_out(taken, || Err(WaitError::Closed)));
         true
     }
 
@@ -619,10 +370,12 @@ impl<T> Broadcaster<T> {
         self.shared.history
     }
 
-    /// Waiters (futures and callbacks) registered now. A dropped future or
-    /// registration leaves this count at once.
+    /// Places taken now under the waiter limit (see
+    /// [`Builder::max_waiters`]): registered futures and callbacks, and
+    /// streams from the first time they waited until they end. A dropped
+    /// future, stream or registration leaves this count at once.
     pub fn waiter_count(&self) -> usize {
-        self.lock().waiters.len()
+        self.lock().places()
     }
 
     /// The waiter limit, if one was set (see [`Builder::max_waiters`]).
@@ -644,6 +397,11 @@ impl<T> Broadcaster<T> {
     /// under the same lock that publishes take: no interleaving of a publish
     /// and a wait loses a change.
     ///
+    /// A cursor is a [`Cursor`], or the answer of an earlier wait
+    /// (`&Changed`, `&Update`), which carries its epoch: chain waits with
+    /// `b.wait(&changed)` or `b.wait(changed.cursor())`. A bare version is
+    /// `Cursor::at(version)`, which matches any epoch.
+    ///
     /// # Errors
     ///
     /// [`WaitError::Closed`] if the broadcaster is or gets closed;
@@ -657,20 +415,70 @@ impl<T> Broadcaster<T> {
     /// consumed, so a new wait with the same cursor sees everything the
     /// dropped one would have.
     ///
+    /// # Panics
+    ///
+    /// When polled again after it completed.
+    ///
+    /// # Examples
+    ///
     /// ```
     /// # tokio_test::block_on(async {
-    /// use longpoll::{Broadcaster, Version};
+    /// use longpoll::{Broadcaster, Cursor, Version};
     ///
     /// let b = Broadcaster::new("v0");
+    /// let seen = b.current();
     /// b.notify("v1").unwrap();
     /// // A client that saw version 0 is answered at once.
-    /// let changed = b.wait(Version::new(0)).await.unwrap();
+    /// let changed = b.wait(&seen).await.unwrap();
     /// assert_eq!(**changed.value(), "v1");
     /// assert_eq!(changed.version(), Version::new(1));
+    /// // The next wait continues from the answer, in its epoch.
+    /// let next = b.wait(&changed);
+    /// # drop(next);
+    /// # let _ = Cursor::at(Version::new(1));
     /// # });
     /// ```
     pub fn wait(&self, cursor: impl Into<Cursor>) -> Wait<'_, T> {
         Wait::new(&self.shared, WaitState::new(&self.shared, cursor.into()))
+    }
+
+    /// Like [`wait`](Self::wait), but the future owns its reference to the
+    /// broadcaster: it can be stored, or moved to another task, without
+    /// borrowing this handle.
+    ///
+    /// The future is not a handle (see [above](Self#handles-and-the-last-one)):
+    /// if every handle is dropped while it waits, it resolves with
+    /// [`WaitError::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`wait`](Self::wait): dropping it unregisters it in O(1).
+    ///
+    /// # Panics
+    ///
+    /// When polled again after it completed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use longpoll::{Broadcaster, Cursor};
+    ///
+    /// let b = Broadcaster::new(0u32);
+    /// let wait = b.wait_owned(Cursor::NEXT);
+    /// let task = tokio::spawn(async move { wait.await.map(|c| **c.value()) });
+    /// b.notify(5).unwrap();
+    /// assert_eq!(task.await.unwrap(), Ok(5));
+    /// # }
+    /// ```
+    pub fn wait_owned(&self, cursor: impl Into<Cursor>) -> OwnedWait<T> {
+        let state = WaitState::new(&self.shared, cursor.into());
+        OwnedWait::new(Arc::clone(&self.shared), state)
     }
 
     /// Calls `callback` once with the answer for `cursor`: the original demo's
@@ -714,6 +522,7 @@ impl<T> Broadcaster<T> {
         let callback = Box::new(callback);
         let mut inner = self.lock();
         if inner.refuses_waits() {
+            drop(inner);
             return Err(WaitError::Closed);
         }
         if let Some(answer) = inner.answer(state.since(), state.epoch()) {
@@ -721,24 +530,37 @@ impl<T> Broadcaster<T> {
             callback(Ok(answer));
             return Ok(Registration::fired(Arc::clone(&self.shared)));
         }
-        if inner.waiters.len() >= self.shared.max_waiters {
+        if inner.places() >= self.shared.max_waiters {
+            drop(inner);
             return Err(WaitError::Full {
                 limit: self.shared.max_waiters,
             });
         }
         let idx = inner.waiters.insert_callback(callback);
-        let (epoch, era) = (inner.current().epoch, inner.era);
+        let (epoch, generation) = (inner.current().epoch, inner.generation);
         drop(inner);
-        Ok(state.into_registration(Arc::clone(&self.shared), epoch, era, idx))
+        Ok(state.into_registration(Arc::clone(&self.shared), epoch, generation, idx))
     }
 
     /// A [`Stream`](futures_core::Stream) of answers from `cursor` on: each
     /// item continues where the previous one ended.
     ///
     /// With a history longer than the burst of changes between two polls of
-    /// the stream, every version arrives exactly once, in order. The stream
-    /// ends after yielding an error ([`WaitError::Closed`] or
-    /// [`WaitError::Full`]).
+    /// the stream, every version arrives exactly once, in order; a longer
+    /// burst arrives as one item flagged [`Resync::Lagged`](crate::Resync::Lagged),
+    /// and the stream goes on.
+    ///
+    /// The stream takes a place under [`Builder::max_waiters`] the first
+    /// time it has to wait, and keeps it until it ends or is dropped, so
+    /// that it never meets [`WaitError::Full`] once it runs: **only a
+    /// stream that finds the list full the first time it has to wait
+    /// yields `Err(Full)`, and then ends** (it holds nothing; make a new
+    /// one later). It also ends after yielding [`WaitError::Closed`] (a
+    /// [`close`](Self::close), or the last handle dropped). So a
+    /// `while let Some(Ok(changed)) = stream.next().await` loop ends only
+    /// when the stream cannot go on.
+    ///
+    /// The stream is not a handle: it does not keep the broadcaster open.
     ///
     /// ```
     /// # tokio_test::block_on(async {
@@ -754,8 +576,8 @@ impl<T> Broadcaster<T> {
     /// assert_eq!(seen, [1, 2]);
     /// # });
     /// ```
-    pub fn stream(&self, cursor: impl Into<Cursor>) -> UpdateStream<T> {
-        UpdateStream::new(Arc::clone(&self.shared), cursor.into())
+    pub fn stream(&self, cursor: impl Into<Cursor>) -> ChangedStream<T> {
+        ChangedStream::new(Arc::clone(&self.shared), cursor.into())
     }
 }
 
@@ -800,23 +622,59 @@ impl<T> Broadcaster<T> {
     }
 }
 
-/// Wakes every waker, even if one of them panics.
-fn wake_all(wakers: &mut Vec<Option<Waker>>) {
-    struct Rest<'a>(std::vec::Drain<'a, Option<Waker>>);
-    impl Drop for Rest<'_> {
-        fn drop(&mut self) {
-            // Only reached with wakers left when a `wake` panicked.
-            self.0.by_ref().flatten().for_each(Waker::wake);
+/// A reference to a broadcaster's state that is not a handle: it reads
+/// and waits but does not keep the broadcaster open. The SSE body holds
+/// one, so that it ends when the last handle is dropped.
+#[cfg(feature = "http")]
+pub(crate) struct Watcher<T> {
+    pub(crate) shared: Arc<Shared<T>>,
+}
+
+#[cfg(feature = "http")]
+impl<T> Watcher<T> {
+    /// The retained updates, oldest first.
+    pub(crate) fn history(&self) -> Vec<Update<T>> {
+        self.shared.inner.lock().history.iter().cloned().collect()
+    }
+}
+
+#[cfg(feature = "http")]
+impl<T> Broadcaster<T> {
+    pub(crate) fn watcher(&self) -> Watcher<T> {
+        Watcher {
+            shared: Arc::clone(&self.shared),
         }
     }
-    let mut rest = Rest(wakers.drain(..));
-    rest.0.by_ref().flatten().for_each(Waker::wake);
+}
+
+/// The version after the current one, `None` at `u64::MAX`.
+fn next_version<T>(inner: &Inner<T>) -> Option<Version> {
+    inner
+        .current()
+        .version
+        .get()
+        .checked_add(1)
+        .map(Version::new)
 }
 
 impl<T> Clone for Broadcaster<T> {
     fn clone(&self) -> Self {
-        Broadcaster {
-            shared: Arc::clone(&self.shared),
+        Broadcaster::from_shared(Arc::clone(&self.shared))
+    }
+}
+
+impl<T> Drop for Broadcaster<T> {
+    /// The last handle closes the broadcaster (see
+    /// [the type's docs](Broadcaster#handles-and-the-last-one)). A callback
+    /// that panics then is resumed here, unless this thread is already
+    /// unwinding (the panic is then dropped, rather than aborting).
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let (_, panicked) = self.shared.close();
+        if !std::thread::panicking() {
+            resume(panicked);
         }
     }
 }
@@ -833,7 +691,7 @@ impl<T> fmt::Debug for Broadcaster<T> {
         f.debug_struct("Broadcaster")
             .field("epoch", &inner.current().epoch)
             .field("version", &inner.current().version)
-            .field("waiters", &inner.waiters.len())
+            .field("waiters", &inner.places())
             .field("closed", &inner.closed)
             .finish_non_exhaustive()
     }
@@ -846,9 +704,9 @@ impl<T> Broadcaster<T> {
     /// cursor of another epoch does, without registering a waiter.
     pub(crate) fn answer_foreign(&self) -> Result<Changed<T>, WaitError> {
         let inner = self.lock();
-        if inner.closed {
+        if inner.refuses_waits() {
             return Err(WaitError::Closed);
         }
-        Ok(inner.retained_after(None, Some(Resync::OtherEpoch)))
+        Ok(inner.retained_after(None, Some(crate::Resync::OtherEpoch)))
     }
 }

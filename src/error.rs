@@ -6,14 +6,17 @@ use crate::Version;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WaitError {
-    /// The broadcaster was closed (see [`Broadcaster::close`](crate::Broadcaster::close)):
-    /// no change will ever come. An HTTP server answers `503` with
+    /// The broadcaster was closed (see [`Broadcaster::close`](crate::Broadcaster::close)),
+    /// or its last [handle](crate::Broadcaster#handles-and-the-last-one) was
+    /// dropped: no change will ever come. An HTTP server answers `503` with
     /// `Retry-After` so clients come back after the restart.
     #[error("broadcaster closed")]
     Closed,
     /// The broadcaster already holds its maximum number of waiters (see
     /// [`Builder::max_waiters`](crate::Builder::max_waiters)). Nothing was
-    /// registered; retry later, or answer `503`.
+    /// registered; retry later, or answer `503`. A stream meets it only the
+    /// first time it has to wait (and then ends); once running, it keeps
+    /// its place.
     #[error("too many waiters (limit {limit})")]
     Full {
         /// The configured maximum.

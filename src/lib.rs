@@ -63,8 +63,40 @@
 //! A waiter registers and checks the version under the same lock that a
 //! publish takes. Either the publish came first, and the check sees the new
 //! version, or the waiter was registered first, and the publish takes it out
-//! of the list and wakes it. A loom model (`tests/loom.rs`) checks this
-//! against every interleaving of register, publish, drop and close.
+//! of the list and wakes it.
+//!
+//! What is checked, and how: the loom models in `loom/tests/loom.rs` (one
+//! broadcaster) and `loom/tests/keyed.rs` (the keyed hub) run on loom's
+//! mutex, atomics and `Arc`, swapped in through the crate's sync shim.
+//! Each is explored for every interleaving loom generates with at most two
+//! preemptions per execution (`LOOM_MAX_PREEMPTIONS=2`, as CI runs them),
+//! which is not every interleaving there is. They cover: a wait racing a
+//! publish, a close, or a cancelled wait beside it; a `Cursor::NEXT` pinned
+//! before a racing publish; a stale drop after the list was taken; a stale
+//! waiter after restarts back to its very cursor; a waker that changes on
+//! re-poll; a callback and a future on one list racing a publish and a
+//! close; the last two handles dropped at once; a stream's place under the
+//! waiter limit; a keyed sweep racing a wait, a publish, a close and the
+//! hub's drop. Stress tests (`tests/stress.rs`, `tests/keyed_cleanup.rs`)
+//! race many threads and tasks for what the models are too small to reach.
+//!
+//! # Handles and closing
+//!
+//! Every [`Broadcaster`] value is a handle. Futures borrowed from one,
+//! [`OwnedWait`]s, [`ChangedStream`]s and [`Registration`]s are not: when
+//! the last handle is dropped the broadcaster closes, and every waiter
+//! learns it ([`WaitError::Closed`]), as a `tokio::sync::watch` receiver
+//! does when its sender goes.
+//!
+//! # User code and locks
+//!
+//! No user code runs under the broadcaster's lock, with one documented
+//! exception: the closure of [`Broadcaster::modify`]. Wakers, callbacks and
+//! the `Drop` of values run after the lock is released. If a waker or a
+//! callback panics, every other waiter is still woken or called, and the
+//! first panic then resumes in the caller of the publish (or close); the
+//! publish has taken effect, and [`Broadcaster::version`] says where the
+//! sequence stands.
 //!
 //! # History and lagging
 //!
@@ -80,7 +112,8 @@
 //! Dropping a pending [`Wait`] or [`Registration`] unregisters it at once, in
 //! O(1): [`Broadcaster::waiter_count`] shows it immediately.
 //! [`Builder::max_waiters`] bounds the list; past it a wait fails with
-//! [`WaitError::Full`]. [`Broadcaster::close`] answers every waiter with
+//! [`WaitError::Full`]. A stream holds its place from the first time it
+//! waits until it ends, so a running stream never meets `Full`. [`Broadcaster::close`] answers every waiter with
 //! [`WaitError::Closed`], for graceful shutdown.
 //!
 //! # Compared to `tokio::sync`
@@ -108,6 +141,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod broadcaster;
+mod builder;
 mod changed;
 mod error;
 #[cfg(feature = "http")]
@@ -117,21 +151,25 @@ pub mod keyed;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod registration;
+mod shared;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod sse;
+mod stream;
 mod sync;
 mod version;
 mod wait;
 mod waiters;
 
-pub use broadcaster::{Broadcaster, Builder};
+pub use broadcaster::Broadcaster;
+pub use builder::Builder;
 pub use changed::{Changed, Resync, Update};
 pub use error::{ClosedError, ParseEpochError, ParseVersionError, PublishError, WaitError};
 pub use version::{Cursor, Epoch, Version};
 #[cfg(feature = "tokio")]
 pub use wait::WaitTimeout;
-pub use wait::{Registration, UpdateStream, Wait};
+pub use wait::{ChangedStream, OwnedWait, Registration, Wait};
 
 /// The README's code, compiled and run as a doctest so that it cannot rot.
 #[cfg(doctest)]

@@ -1,8 +1,17 @@
-//! The one place that picks the lock implementation, so that the loom models
-//! (`RUSTFLAGS="--cfg loom"`) can swap in loom's checked mutex.
+//! The one place that picks the synchronisation primitives, so that the
+//! loom models (`RUSTFLAGS="--cfg loom"`, see `loom/`) can swap in loom's
+//! checked versions: every lock, atomic and shared `Arc` of the broadcaster
+//! and of the keyed hub comes from here.
+//!
+//! The values users see (`Update::value`, an `Arc<T>`) stay `std`'s: loom
+//! need not see them, as no waiter reads or writes through them to
+//! synchronise.
 
 #[cfg(not(loom))]
 mod imp {
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
+    pub(crate) use std::sync::Arc;
+
     pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
 
     /// `parking_lot::Mutex`: no poisoning, and a fast uncontended path.
@@ -22,6 +31,9 @@ mod imp {
 
 #[cfg(loom)]
 mod imp {
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize};
+    pub(crate) use loom::sync::Arc;
+
     pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
     /// loom's model-checked mutex.
@@ -34,10 +46,10 @@ mod imp {
         }
 
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            // Nothing of ours panics while holding the lock; a poisoned lock is a bug.
+            // A panic under one of our locks is a bug: no user code runs there.
             self.0.lock().expect("longpoll: lock poisoned")
         }
     }
 }
 
-pub(crate) use imp::{Mutex, MutexGuard};
+pub(crate) use imp::{Arc, AtomicBool, AtomicUsize, Mutex, MutexGuard};

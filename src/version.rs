@@ -181,19 +181,28 @@ impl FromStr for Epoch {
 /// | newer version (a restarted sequence)     | is ready at once with the current state     |
 /// | another epoch, whatever the version      | is ready at once with the current state     |
 ///
-/// A cursor converts from a [`Version`], an `Option<Version>` and from the
-/// answer of an earlier wait, so a polling loop chains with
-/// `b.wait(changed.cursor())`.
+/// The easy way to a cursor keeps the epoch: the answer of an earlier wait
+/// converts into one (`&Changed`, `&Update`), so a polling loop chains with
+/// `b.wait(&changed)` or `b.wait(changed.cursor())`, and a restart of the
+/// sequence is never mistaken for a continuation. A bare [`Version`] does
+/// not convert: [`Cursor::at`] says explicitly that any epoch will do, and
+/// [`Cursor::new`] takes both parts from a client's request.
 ///
 /// ```
 /// use longpoll::{Cursor, Epoch, Version};
 ///
-/// let c = Cursor::from(Version::new(3));
+/// let c = Cursor::at(Version::new(3));
 /// assert_eq!(c.version(), Some(Version::new(3)));
 /// assert_eq!(c.epoch(), None);
 /// let e = Epoch::random();
 /// assert_eq!(c.with_epoch(e).epoch(), Some(e));
-/// assert_eq!(Cursor::from(None::<Version>), Cursor::NEXT);
+/// assert_eq!(Cursor::new(None, None), Cursor::NEXT);
+/// ```
+///
+/// ```compile_fail
+/// # let b = longpoll::Broadcaster::new(0);
+/// // A version alone would drop the epoch: it does not convert.
+/// let _wait = b.wait(longpoll::Version::new(3));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Cursor {
@@ -208,7 +217,11 @@ impl Cursor {
         epoch: None,
     };
 
-    /// A cursor at `version`, in whatever epoch the broadcaster has.
+    /// A cursor at `version`, in whatever epoch the broadcaster has: the
+    /// explicit "any epoch" form. A cursor that came from an answer
+    /// (`changed.cursor()`) keeps its epoch, so that a restarted sequence
+    /// is answered at once with [`Resync::OtherEpoch`](crate::Resync::OtherEpoch)
+    /// instead of being taken for a continuation.
     pub const fn at(version: Version) -> Self {
         Cursor {
             version: Some(version),
@@ -238,20 +251,5 @@ impl Cursor {
     /// The epoch the version came from, if the client named one.
     pub const fn epoch(&self) -> Option<Epoch> {
         self.epoch
-    }
-}
-
-impl From<Version> for Cursor {
-    fn from(v: Version) -> Self {
-        Cursor::at(v)
-    }
-}
-
-impl From<Option<Version>> for Cursor {
-    fn from(v: Option<Version>) -> Self {
-        Cursor {
-            version: v,
-            epoch: None,
-        }
     }
 }

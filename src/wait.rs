@@ -1,40 +1,52 @@
-//! The waiting side: [`Wait`], [`WaitTimeout`], [`UpdateStream`] and
-//! [`Registration`], all over one [`WaitState`].
+//! The waiting side: [`WaitState`] (one waiter's cursor and slot), and the
+//! futures over it: [`Wait`], [`OwnedWait`], [`WaitTimeout`].
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::broadcaster::Shared;
+use crate::shared::Shared;
+use crate::sync::Arc;
 use crate::{Changed, Cursor, Epoch, Version, WaitError};
 
-const POLLED_AFTER_DONE: &str = "longpoll: `Wait` polled after it completed";
+pub use crate::registration::Registration;
+pub use crate::stream::ChangedStream;
+
+const POLLED_AFTER_DONE: &str = "longpoll: a wait polled after it completed";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Not polled yet: nothing registered.
+    /// Not registered (not polled yet, or woken and waiting again).
     Init,
-    /// A waker sits in slot `idx` of the list for `(epoch, since)`.
+    /// A waker sits in slot `idx` of generation `generation`.
     Registered,
     /// Answered, or cancelled.
     Done,
 }
 
-/// One waiter's state: its cursor and, once registered, its slot. 24 bytes.
+/// What a waiter is, for the waiter limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A future: takes a place only while registered.
+    Future,
+    /// A stream that holds no place yet (it never had to wait).
+    Stream,
+    /// A stream that holds a place, in the list or out of it
+    /// (`Inner::streams_in`, `Inner::streams_out`).
+    HeldStream,
+}
+
+/// One waiter's state: its cursor and, once registered, its slot. 32 bytes.
 pub(crate) struct WaitState {
-    /// The cursor's version; registered at `since - ahead`.
     since: Version,
-    /// How far the cursor was ahead of the version it registered at (see
-    /// `Shared::hold_ahead`); 0 for every other wait.
-    ahead: u8,
     /// `None` until registration for a cursor that named no epoch.
     epoch: Option<Epoch>,
+    /// The list's generation at registration (see `Inner::generation`).
+    generation: u64,
     idx: u32,
-    /// The broadcaster's era at registration (see `Inner::era`).
-    era: u16,
     phase: Phase,
+    kind: Kind,
 }
 
 impl WaitState {
@@ -52,23 +64,28 @@ impl WaitState {
         };
         WaitState {
             since,
-            ahead: 0,
             epoch,
+            generation: 0,
             idx: 0,
-            era: 0,
             phase: Phase::Init,
+            kind: Kind::Future,
         }
     }
 
-    fn after(changed: &Changed<impl Sized>) -> Self {
+    /// The state of a stream at `cursor`.
+    pub(crate) fn new_stream<T>(shared: &Shared<T>, cursor: Cursor) -> Self {
         WaitState {
-            since: changed.version(),
-            ahead: 0,
-            epoch: Some(changed.epoch()),
-            idx: 0,
-            era: 0,
-            phase: Phase::Init,
+            kind: Kind::Stream,
+            ..Self::new(shared, cursor)
         }
+    }
+
+    /// Continues after `changed`, keeping a stream's place.
+    pub(crate) fn advance<T>(&mut self, changed: &Changed<T>) {
+        debug_assert_eq!(self.phase, Phase::Done);
+        self.since = changed.version();
+        self.epoch = Some(changed.epoch());
+        self.phase = Phase::Init;
     }
 
     pub(crate) fn since(&self) -> Version {
@@ -79,27 +96,15 @@ impl WaitState {
         self.epoch
     }
 
-    /// The version whose waiter list holds this waiter.
-    fn at(&self) -> Version {
-        Version::new(self.since.get() - u64::from(self.ahead))
-    }
-
-    /// A `Registration` for a callback registered at this cursor in `inner`.
+    /// A `Registration` for a callback registered at this cursor.
     pub(crate) fn into_registration<T>(
         self,
         shared: Arc<Shared<T>>,
         epoch: Epoch,
-        era: u16,
+        generation: u64,
         idx: u32,
     ) -> Registration<T> {
-        Registration {
-            shared,
-            since: self.since,
-            epoch: Some(epoch),
-            idx,
-            era,
-            pending: true,
-        }
+        Registration::pending(shared, self.since, Some(epoch), generation, idx)
     }
 
     fn finish<R>(
@@ -108,6 +113,14 @@ impl WaitState {
     ) -> Poll<Result<Changed<R>, WaitError>> {
         self.phase = Phase::Done;
         Poll::Ready(r)
+    }
+
+    /// Gives a held stream's place back (`inner` is locked); it ends.
+    fn release<T>(&mut self, inner: &mut crate::shared::Inner<T>) {
+        if self.kind == Kind::HeldStream {
+            inner.streams_out -= 1;
+            self.kind = Kind::Stream;
+        }
     }
 
     pub(crate) fn poll<T>(
@@ -127,6 +140,7 @@ impl WaitState {
                     // slot (and wake us).
                     let mut inner = shared.inner.lock();
                     if inner.refuses_waits() {
+                        self.release(&mut inner);
                         drop(inner);
                         return self.finish(Err(WaitError::Closed));
                     }
@@ -136,31 +150,39 @@ impl WaitState {
                         drop(inner);
                         return self.finish(Ok(answer));
                     }
-                    if inner.waiters.len() >= shared.max_waiters {
+                    if self.kind == Kind::HeldStream {
+                        // Its place is already counted, out of the list.
+                        inner.streams_out -= 1;
+                    } else if inner.places() >= shared.max_waiters {
                         drop(inner);
                         return self.finish(Err(WaitError::Full {
                             limit: shared.max_waiters,
                         }));
                     }
+                    if self.kind != Kind::Future {
+                        inner.streams_in += 1;
+                        self.kind = Kind::HeldStream;
+                    }
                     self.idx = inner.waiters.insert_waker(waker);
-                    // Below `hold_ahead` (a `u8`) when held ahead, else 0.
-                    self.ahead = (self.since.get() - inner.current().version.get()) as u8;
                     self.epoch = Some(inner.current().epoch);
-                    self.era = inner.era;
+                    self.generation = inner.generation;
                     self.phase = Phase::Registered;
                     return Poll::Pending;
                 }
                 Phase::Registered => {
                     let mut inner = shared.inner.lock();
-                    if inner.refuses_waits() {
-                        drop(inner);
-                        return self.finish(Err(WaitError::Closed));
-                    }
-                    if !inner.holds(self.at(), self.epoch, self.era) {
-                        // A publish took our slot: the answer is ready, unless
-                        // restarts brought the sequence back to our very
-                        // cursor, or the cursor is held ahead and not reached
-                        // yet, in which case we wait again.
+                    if !inner.holds(self.generation) {
+                        // The list was taken out (a held stream's place moved
+                        // out of it with it).
+                        if inner.refuses_waits() {
+                            self.release(&mut inner);
+                            drop(inner);
+                            return self.finish(Err(WaitError::Closed));
+                        }
+                        // A publish: the answer is ready, unless restarts
+                        // brought the sequence back to our very cursor, or
+                        // the cursor is held ahead and not reached yet, in
+                        // which case we wait again.
                         match inner.answer_or_hold(self.since, self.epoch, shared.hold_ahead) {
                             Some(answer) => {
                                 drop(inner);
@@ -194,20 +216,34 @@ impl WaitState {
         }
     }
 
-    /// Unregisters in O(1) if still registered.
+    /// Unregisters in O(1) if still registered, and gives a stream's place
+    /// back. The waiter is done.
     pub(crate) fn cancel<T>(&mut self, shared: &Shared<T>) {
-        if self.phase == Phase::Registered {
-            self.phase = Phase::Done;
-            let mut inner = shared.inner.lock();
-            let waker = if inner.holds(self.at(), self.epoch, self.era) {
-                inner.waiters.remove_waker(self.idx)
-            } else {
-                None
-            };
-            drop(inner);
-            // A waker's drop may run arbitrary code: not under our lock.
-            drop(waker);
+        let registered = self.phase == Phase::Registered;
+        self.phase = Phase::Done;
+        if !registered && self.kind != Kind::HeldStream {
+            return;
         }
+        let mut inner = shared.inner.lock();
+        let waker = if registered && inner.holds(self.generation) {
+            if self.kind == Kind::HeldStream {
+                inner.streams_in -= 1;
+                self.kind = Kind::Stream;
+            }
+            inner.waiters.remove_waker(self.idx)
+        } else {
+            self.release(&mut inner);
+            None
+        };
+        drop(inner);
+        // A waker's drop may run arbitrary code: not under our lock.
+        drop(waker);
+    }
+
+    fn fmt_fields(&self, d: &mut fmt::DebugStruct<'_, '_>) {
+        d.field("since", &self.since)
+            .field("epoch", &self.epoch)
+            .field("phase", &self.phase);
     }
 }
 
@@ -218,6 +254,10 @@ impl WaitState {
 /// # Cancel safety
 ///
 /// Dropping it unregisters it at once, in O(1); nothing is consumed.
+///
+/// # Panics
+///
+/// When polled again after it completed.
 #[must_use = "futures do nothing unless polled"]
 pub struct Wait<'a, T> {
     shared: &'a Shared<T>,
@@ -247,11 +287,63 @@ impl<T> Drop for Wait<'_, T> {
 
 impl<T> fmt::Debug for Wait<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Wait")
-            .field("since", &self.state.since)
-            .field("epoch", &self.state.epoch)
-            .field("phase", &self.state.phase)
-            .finish()
+        let mut d = f.debug_struct("Wait");
+        self.state.fmt_fields(&mut d);
+        d.finish()
+    }
+}
+
+/// Future returned by [`Broadcaster::wait_owned`](crate::Broadcaster::wait_owned)
+/// and [`Keyed::wait`](crate::keyed::Keyed::wait): a [`Wait`] that owns its
+/// reference to the broadcaster, so it can be stored or moved to a task.
+///
+/// It is not a [handle](crate::Broadcaster#handles-and-the-last-one): it
+/// resolves with [`WaitError::Closed`] once every handle is dropped.
+///
+/// # Cancel safety
+///
+/// Dropping it unregisters it at once, in O(1); nothing is consumed.
+///
+/// # Panics
+///
+/// When polled again after it completed.
+#[must_use = "futures do nothing unless polled"]
+pub struct OwnedWait<T> {
+    shared: Arc<Shared<T>>,
+    state: WaitState,
+}
+
+impl<T> OwnedWait<T> {
+    pub(crate) fn new(shared: Arc<Shared<T>>, state: WaitState) -> Self {
+        OwnedWait { shared, state }
+    }
+
+    /// Whether this future waits on the broadcaster of `b`.
+    pub fn waits_on(&self, b: &crate::Broadcaster<T>) -> bool {
+        Arc::ptr_eq(&self.shared, &b.shared)
+    }
+}
+
+impl<T> Future for OwnedWait<T> {
+    type Output = Result<Changed<T>, WaitError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.state.poll(&this.shared, cx)
+    }
+}
+
+impl<T> Drop for OwnedWait<T> {
+    fn drop(&mut self) {
+        self.state.cancel(&self.shared);
+    }
+}
+
+impl<T> fmt::Debug for OwnedWait<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("OwnedWait");
+        self.state.fmt_fields(&mut d);
+        d.finish()
     }
 }
 
@@ -262,6 +354,10 @@ pin_project_lite::pin_project! {
     /// # Cancel safety
     ///
     /// Dropping it unregisters it at once, in O(1); nothing is consumed.
+    ///
+    /// # Panics
+    ///
+    /// When polled again after it completed.
     #[must_use = "futures do nothing unless polled"]
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub struct WaitTimeout<'a, T> {
@@ -307,148 +403,6 @@ impl<T> fmt::Debug for WaitTimeout<'_, T> {
             .finish()
     }
 }
-
-/// Stream returned by [`Broadcaster::stream`](crate::Broadcaster::stream).
-///
-/// Each item continues from the cursor of the previous one. After an error
-/// the stream ends.
-///
-/// # Cancel safety
-///
-/// `next()` is cancel safe: a dropped `next()` consumes nothing, and the
-/// stream's cursor only moves when an item is returned.
-#[must_use = "streams do nothing unless polled"]
-pub struct UpdateStream<T> {
-    shared: Arc<Shared<T>>,
-    state: WaitState,
-    ended: bool,
-}
-
-impl<T> UpdateStream<T> {
-    pub(crate) fn new(shared: Arc<Shared<T>>, cursor: Cursor) -> Self {
-        let state = WaitState::new(&shared, cursor);
-        UpdateStream {
-            shared,
-            state,
-            ended: false,
-        }
-    }
-}
-
-impl<T> futures_core::Stream for UpdateStream<T> {
-    type Item = Result<Changed<T>, WaitError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        match this.state.poll(&this.shared, cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(changed)) => {
-                this.state = WaitState::after(&changed);
-                Poll::Ready(Some(Ok(changed)))
-            }
-            Poll::Ready(Err(e)) => {
-                this.ended = true;
-                Poll::Ready(Some(Err(e)))
-            }
-        }
-    }
-}
-
-impl<T> futures_core::FusedStream for UpdateStream<T> {
-    fn is_terminated(&self) -> bool {
-        self.ended
-    }
-}
-
-impl<T> Drop for UpdateStream<T> {
-    fn drop(&mut self) {
-        self.state.cancel(&self.shared);
-    }
-}
-
-impl<T> fmt::Debug for UpdateStream<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpdateStream")
-            .field("since", &self.state.since)
-            .field("epoch", &self.state.epoch)
-            .field("ended", &self.ended)
-            .finish()
-    }
-}
-
-/// A callback registered with [`Broadcaster::register`](crate::Broadcaster::register).
-///
-/// Dropping it cancels the callback if it has not run yet; a callback already
-/// running on a publishing thread finishes.
-#[must_use = "dropping a Registration cancels its callback; call `detach` to keep it"]
-pub struct Registration<T> {
-    shared: Arc<Shared<T>>,
-    since: Version,
-    epoch: Option<Epoch>,
-    idx: u32,
-    era: u16,
-    pending: bool,
-}
-
-impl<T> Registration<T> {
-    pub(crate) fn fired(shared: Arc<Shared<T>>) -> Self {
-        Registration {
-            shared,
-            since: Version::ZERO,
-            epoch: None,
-            idx: 0,
-            era: 0,
-            pending: false,
-        }
-    }
-
-    /// Cancels the callback. Returns `true` if it had not been taken for
-    /// calling yet (it never will be), `false` if it already ran, is running,
-    /// or was answered at registration.
-    pub fn cancel(mut self) -> bool {
-        self.cancel_inner()
-    }
-
-    /// Lets the callback stay registered after this handle is gone: it runs
-    /// on the next change or on close.
-    pub fn detach(mut self) {
-        self.pending = false;
-    }
-
-    fn cancel_inner(&mut self) -> bool {
-        if !std::mem::take(&mut self.pending) {
-            return false;
-        }
-        let mut inner = self.shared.inner.lock();
-        let cb = if inner.holds(self.since, self.epoch, self.era) {
-            inner.waiters.remove_callback(self.idx)
-        } else {
-            None
-        };
-        drop(inner);
-        // The callback's captures may run arbitrary code when dropped.
-        cb.is_some()
-    }
-}
-
-impl<T> Drop for Registration<T> {
-    fn drop(&mut self) {
-        self.cancel_inner();
-    }
-}
-
-impl<T> fmt::Debug for Registration<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registration")
-            .field("since", &self.since)
-            .field("pending", &self.pending)
-            .finish()
-    }
-}
-
 /// The two states a backplane sets on its broadcasters: cursors held
 /// ahead, and failing waits. Crate-internal, so tested here.
 #[cfg(all(test, feature = "tokio"))]

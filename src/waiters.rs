@@ -1,14 +1,15 @@
-//! The waiter list: one slab of wakers and one of callbacks, for the current
-//! version only.
+//! The waiter list: one slab of wakers and one of callbacks, for the
+//! current generation only.
 //!
-//! Every publish takes both slabs out whole (an O(1) swap under the lock) and
-//! wakes them after the lock is released. A pending waiter therefore lives in
-//! the slab of the `(epoch, version, era)` it registered at: if the
-//! broadcaster still stands there, its slot is where it left it; if not, a
-//! publish (or a close) already took it. That is all a cancelled future needs
-//! to unregister in O(1), with no ABA: within an era versions only go up, and
-//! a restart into another epoch starts a new era, so a restart that returns
-//! to an earlier `(epoch, version)` is still told apart.
+//! Every publish (and every restart and close) takes both slabs out whole
+//! (an O(1) swap under the lock), starts a new generation, and wakes them
+//! after the lock is released. A pending waiter therefore lives in the slab
+//! of the generation it registered in: if the generation is still that one,
+//! its slot is where it left it; if not, a publish (or a close) already took
+//! it. That is all a cancelled future needs to unregister in O(1), with no
+//! ABA: the generation is a `u64` that only goes up, so a restart that
+//! returns to an earlier `(epoch, version)` is still told apart, however
+//! many times it does.
 
 use std::task::Waker;
 
@@ -83,8 +84,20 @@ pub(crate) struct Waiters<T> {
 
 /// Everything a publish took out of the list, to be woken outside the lock.
 pub(crate) struct Taken<T> {
-    pub(crate) wakers: Vec<Option<Waker>>,
+    pub(crate) wakers: Wakers,
     pub(crate) callbacks: Vec<Option<Callback<T>>>,
+}
+
+/// Up to this many wakers are moved out of the slab by value, which keeps
+/// the slab's vector (no allocation, no `spare` lock, nothing to free).
+pub(crate) const FEW: usize = 4;
+
+/// The wakers a publish took out.
+pub(crate) enum Wakers {
+    /// A handful, moved out; the slab kept its vector.
+    Few([Option<Waker>; FEW]),
+    /// The slab's whole vector; an emptied one took its place.
+    Many(Vec<Option<Waker>>),
 }
 
 impl<T> Waiters<T> {
@@ -122,12 +135,21 @@ impl<T> Waiters<T> {
     /// Takes every waiter out. O(1): two vector swaps. The wakers' slab is
     /// replaced by `spare`, an emptied vector of an earlier fan-out, so that
     /// the next round of registrations does not grow one from nothing.
+    ///
+    /// A handful of wakers ([`FEW`]) are moved out instead, leaving the
+    /// slab's vector in place: the common one-waiter publish then takes no
+    /// second lock and frees nothing.
     pub(crate) fn take_all(&mut self, spare: &Mutex<Vec<Option<Waker>>>) -> Taken<T> {
-        let wakers = if self.wakers.entries.is_empty() {
-            Vec::new()
+        let wakers = if self.wakers.entries.len() <= FEW {
+            let mut few: [Option<Waker>; FEW] = Default::default();
+            for (slot, waker) in few.iter_mut().zip(self.wakers.entries.drain(..)) {
+                *slot = waker;
+            }
+            self.wakers.free.clear();
+            Wakers::Few(few)
         } else {
             let spare = std::mem::take(&mut *spare.lock());
-            self.wakers.take(spare)
+            Wakers::Many(self.wakers.take(spare))
         };
         let callbacks = if self.callbacks.entries.is_empty() {
             Vec::new()

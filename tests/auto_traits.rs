@@ -10,8 +10,9 @@ use std::rc::Rc;
 
 use futures::StreamExt;
 use longpoll::{
-    Broadcaster, Builder, Changed, ClosedError, Cursor, Epoch, ParseEpochError, ParseVersionError,
-    PublishError, Registration, Resync, Update, UpdateStream, Version, Wait, WaitError,
+    Broadcaster, Builder, Changed, ChangedStream, ClosedError, Cursor, Epoch, OwnedWait,
+    ParseEpochError, ParseVersionError, PublishError, Registration, Resync, Update, Version, Wait,
+    WaitError,
 };
 
 fn send<T: Send>() {}
@@ -47,8 +48,10 @@ fn every_public_type_is_send_and_sync_when_t_is() {
     sync::<Builder>();
     send::<Wait<'static, u32>>();
     sync::<Wait<'static, u32>>();
-    send::<UpdateStream<u32>>();
-    sync::<UpdateStream<u32>>();
+    send::<OwnedWait<u32>>();
+    sync::<OwnedWait<u32>>();
+    send::<ChangedStream<u32>>();
+    sync::<ChangedStream<u32>>();
     send::<Registration<u32>>();
     sync::<Registration<u32>>();
     send::<Changed<u32>>();
@@ -97,14 +100,21 @@ fn handles_and_answers_are_clone_and_cursor_parts_are_copy() {
 struct NotClone;
 
 assert_not_impl!(Wait<'static, u32>: Clone);
-assert_not_impl!(UpdateStream<u32>: Clone);
+assert_not_impl!(ChangedStream<u32>: Clone);
+assert_not_impl!(OwnedWait<u32>: Clone);
+
+// A bare version does not convert into a cursor: it would drop the epoch
+// (`Cursor::at` says "any epoch" explicitly).
+assert_not_impl!(Cursor: From<Version>);
+assert_not_impl!(Cursor: From<Option<Version>>);
 assert_not_impl!(Registration<u32>: Clone);
 
 #[test]
 fn futures_streams_and_handles_are_unpin() {
     unpin::<Broadcaster<std::marker::PhantomPinned>>();
     unpin::<Wait<'static, std::marker::PhantomPinned>>();
-    unpin::<UpdateStream<std::marker::PhantomPinned>>();
+    unpin::<ChangedStream<std::marker::PhantomPinned>>();
+    unpin::<OwnedWait<std::marker::PhantomPinned>>();
     unpin::<Registration<std::marker::PhantomPinned>>();
     unpin::<Changed<std::marker::PhantomPinned>>();
     unpin::<Update<std::marker::PhantomPinned>>();
@@ -115,7 +125,8 @@ fn every_public_type_is_debug() {
     debug::<Broadcaster<NotClone>>();
     debug::<Builder>();
     debug::<Wait<'static, NotClone>>();
-    debug::<UpdateStream<NotClone>>();
+    debug::<ChangedStream<NotClone>>();
+    debug::<OwnedWait<NotClone>>();
     debug::<Registration<NotClone>>();
     debug::<Changed<u32>>();
     debug::<Update<u32>>();
@@ -148,6 +159,10 @@ fn async_blocks_awaiting_waits_and_streams_can_be_spawned_on_a_multi_thread_runt
         async move { stream.next().await.map(|r| r.map(|c| c.version())) }
     });
     spawnable({
+        let wait = b.wait_owned(Cursor::NEXT);
+        async move { wait.await.map(|c| c.version()) }
+    });
+    spawnable({
         let reg = b.register(Cursor::NEXT, |_| {}).unwrap();
         async move { reg.cancel() }
     });
@@ -160,7 +175,8 @@ assert_not_impl!(Broadcaster<Rc<u32>>: Sync);
 assert_not_impl!(Broadcaster<Cell<u32>>: Send);
 assert_not_impl!(Broadcaster<Cell<u32>>: Sync);
 assert_not_impl!(Wait<'static, Rc<u32>>: Send);
-assert_not_impl!(UpdateStream<Rc<u32>>: Send);
+assert_not_impl!(ChangedStream<Rc<u32>>: Send);
+assert_not_impl!(OwnedWait<Rc<u32>>: Send);
 assert_not_impl!(Registration<Rc<u32>>: Send);
 assert_not_impl!(Changed<Rc<u32>>: Send);
 assert_not_impl!(Update<Rc<u32>>: Send);
@@ -169,7 +185,7 @@ assert_not_impl!(Update<Rc<u32>>: Send);
 fn broadcaster_of_a_non_send_value_still_works_on_one_thread() {
     let b = Broadcaster::new(Rc::new(1));
     b.notify(Rc::new(2)).unwrap();
-    let changed = futures::executor::block_on(b.wait(Version::ZERO)).unwrap();
+    let changed = futures::executor::block_on(b.wait(Cursor::at(Version::ZERO))).unwrap();
     assert_eq!(**changed.value(), Rc::new(2));
 }
 

@@ -86,7 +86,7 @@ fn register_with_cursor_behind_fires_inline_before_register_returns() {
     b.notify(2).unwrap();
     let fired_on = Arc::new(Mutex::new(None));
     let reg = b
-        .register(Version::new(1), {
+        .register(Cursor::at(Version::new(1)), {
             let fired_on = Arc::clone(&fired_on);
             move |r| *fired_on.lock().unwrap() = Some((thread::current().id(), version_of(r)))
         })
@@ -345,7 +345,9 @@ fn callback_that_registers_behind_from_inside_gets_its_inline_answer() {
     b.register(Cursor::NEXT, move |_| {
         let tx = tx.clone();
         inner
-            .register(Version::ZERO, move |r| tx.send(version_of(r)).unwrap())
+            .register(Cursor::at(Version::ZERO), move |r| {
+                tx.send(version_of(r)).unwrap()
+            })
             .unwrap()
             .detach();
     })
@@ -599,4 +601,83 @@ fn value_whose_drop_notifies_then_refused_as_closed_does_not_deadlock() {
             .is_err());
     });
     assert_eq!(b.version(), Version::ZERO);
+}
+
+/// A waker whose `wake` panics, counting its calls.
+struct PanicOnWake(AtomicUsize);
+
+impl Wake for PanicOnWake {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("waker failed");
+    }
+}
+
+/// Polls `wait` once with `waker`; it must register.
+fn park_with(wait: &mut Pin<Box<longpoll::Wait<'_, u32>>>, waker: &Waker) {
+    let mut cx = Context::from_waker(waker);
+    assert!(wait.as_mut().poll(&mut cx).is_pending());
+}
+
+#[test]
+fn two_panicking_wakers_then_every_other_waiter_is_still_told_and_notify_panics_once() {
+    let b = Broadcaster::new(0u32);
+    let bad = Arc::new(PanicOnWake(AtomicUsize::new(0)));
+    let bad_waker = Waker::from(Arc::clone(&bad));
+    let mut first = Box::pin(b.wait(Cursor::NEXT));
+    park_with(&mut first, &bad_waker);
+    let mut good = spawn(b.wait(Cursor::NEXT));
+    assert_pending!(good.poll());
+    let mut second = Box::pin(b.wait(Cursor::NEXT));
+    park_with(&mut second, &bad_waker);
+    let (tx, rx) = mpsc::channel();
+    let _cb = b
+        .register(Cursor::NEXT, move |r| tx.send(version_of(r)).unwrap())
+        .unwrap();
+
+    let payload = panic::catch_unwind(AssertUnwindSafe(|| b.notify(1))).unwrap_err();
+    assert_eq!(
+        payload.downcast_ref::<&str>().copied(),
+        Some("waker failed")
+    );
+    assert_eq!(
+        bad.0.load(Ordering::SeqCst),
+        2,
+        "both panicking wakers were called"
+    );
+    assert!(good.is_woken());
+    assert_eq!(rx.try_recv(), Ok(1));
+    // The publish took effect: the caller can read where it stands.
+    assert_eq!(b.version(), Version::new(1));
+    assert_eq!(
+        assert_ready!(good.poll()).unwrap().version(),
+        Version::new(1)
+    );
+}
+
+/// A value whose drop calls back into the broadcaster.
+struct ReadsOnDrop(Option<Broadcaster<ReadsOnDrop>>);
+
+impl Drop for ReadsOnDrop {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            let _ = b.version();
+        }
+    }
+}
+
+#[test]
+fn modify_at_the_last_version_panics_with_no_user_code_under_the_lock() {
+    let b = Broadcaster::builder()
+        .initial_version(Version::new(u64::MAX))
+        .build(ReadsOnDrop(None));
+    let inner = b.clone();
+    let result = within_ten_seconds(move || {
+        panic::catch_unwind(AssertUnwindSafe(|| {
+            inner.modify(|_| Some(ReadsOnDrop(Some(inner.clone()))))
+        }))
+        .is_err()
+    });
+    assert!(result, "a version past u64::MAX cannot be published");
+    assert_eq!(b.version(), Version::new(u64::MAX));
 }

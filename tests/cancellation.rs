@@ -93,7 +93,7 @@ fn wait_answered_at_once_never_registers() {
     let _turn = one_at_a_time();
     let b = Broadcaster::new(0);
     b.notify(1).unwrap();
-    let mut wait = spawn(b.wait(Version::ZERO));
+    let mut wait = spawn(b.wait(Cursor::at(Version::ZERO)));
     assert_ready!(wait.poll()).unwrap();
     assert_eq!(b.waiter_count(), 0);
     assert_eq!(wait.waker_ref_count(), 1);

@@ -562,18 +562,17 @@ mod on_redis {
         let on_b = json(poll(&c, &b, "lobby", None, 0).await).await;
         assert_eq!(cursor(&on_a), cursor(&on_b));
         let (e, v) = cursor(&on_b);
-        let keys: Vec<String> = redis_common::command(
-            &url,
-            redis::cmd("KEYS").arg(format!("{prefix}*")),
-        )
-        .await;
+        let keys: Vec<String> =
+            redis_common::command(&url, redis::cmd("KEYS").arg(format!("{prefix}*"))).await;
         assert!(keys.is_empty(), "reading a room creates nothing: {keys:?}");
 
         // Held on B, posted on A.
         let held = {
             let (c, url) = (
                 c.clone(),
-                b.url(&format!("/rooms/lobby/messages?since={v}&epoch={e}&timeout=10")),
+                b.url(&format!(
+                    "/rooms/lobby/messages?since={v}&epoch={e}&timeout=10"
+                )),
             );
             tokio::spawn(async move { c.get(url).send().await.unwrap() })
         };
@@ -598,12 +597,17 @@ mod on_redis {
         let held = {
             let (c, url) = (
                 c.clone(),
-                a.url(&format!("/rooms/lobby/messages?since={v}&epoch={e}&timeout=10")),
+                a.url(&format!(
+                    "/rooms/lobby/messages?since={v}&epoch={e}&timeout=10"
+                )),
             );
             tokio::spawn(async move { c.get(url).send().await.unwrap() })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(post(&c, &b, "lobby", "bob", "hi from B").await.status(), 200);
+        assert_eq!(
+            post(&c, &b, "lobby", "bob", "hi from B").await.status(),
+            200
+        );
         let body = json(held.await.unwrap()).await;
         assert_eq!(texts(&body), ["hi from B"]);
         assert!(body["resync"].is_null(), "{body}");
@@ -634,11 +638,8 @@ mod on_redis {
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["retry-after"], "5");
         assert_eq!(poll(&c, &s, "b", None, 0).await.status(), 503);
-        let keys: Vec<String> = redis_common::command(
-            &url,
-            redis::cmd("KEYS").arg(format!("{prefix}*")),
-        )
-        .await;
+        let keys: Vec<String> =
+            redis_common::command(&url, redis::cmd("KEYS").arg(format!("{prefix}*"))).await;
         assert_eq!(keys.len(), 1, "one room in Redis: {keys:?}");
         assert_eq!(post(&c, &s, "a", "x", "2").await.status(), 200);
         redis_common::delete_prefix(&url, &prefix).await;

@@ -83,12 +83,11 @@ fn notify_then_next_cursor_created_does_not_see_that_notify() {
 }
 
 #[test]
-fn none_version_converts_to_next_and_default_cursor_is_next() {
-    assert_eq!(Cursor::from(None::<Version>), Cursor::NEXT);
+fn no_version_is_next_and_default_cursor_is_next() {
+    assert_eq!(Cursor::new(None, None), Cursor::NEXT);
     assert_eq!(Cursor::default(), Cursor::NEXT);
     assert_eq!(Cursor::NEXT.version(), None);
     assert_eq!(Cursor::NEXT.epoch(), None);
-    assert_eq!(Cursor::new(None, None), Cursor::NEXT);
 }
 
 // ---- equal ---------------------------------------------------------------
@@ -96,7 +95,7 @@ fn none_version_converts_to_next_and_default_cursor_is_next() {
 #[test]
 fn cursor_at_current_version_without_epoch_waits_for_next_notify() {
     let b = published(5);
-    let mut wait = spawn(b.wait(Version::new(5)));
+    let mut wait = spawn(b.wait(Cursor::at(Version::new(5))));
     assert_pending!(wait.poll());
     b.notify(6).unwrap();
     assert!(wait.is_woken());
@@ -121,7 +120,7 @@ fn cursor_at_initial_version_of_a_builder_waits() {
         .initial_version(Version::new(1000))
         .build("a");
     assert_eq!(b.version(), Version::new(1000));
-    let mut wait = spawn(b.wait(Version::new(1000)));
+    let mut wait = spawn(b.wait(Cursor::at(Version::new(1000))));
     assert_pending!(wait.poll());
     assert_eq!(b.notify("b").unwrap(), Version::new(1001));
     assert_eq!(versions(&assert_ready!(wait.poll()).unwrap()), [1001]);
@@ -131,7 +130,7 @@ fn cursor_at_initial_version_of_a_builder_waits() {
 fn answer_cursor_chained_into_the_next_wait_waits_for_the_following_notify() {
     let b = published(0);
     b.notify(1).unwrap();
-    let first = assert_ready!(spawn(b.wait(Version::ZERO)).poll()).unwrap();
+    let first = assert_ready!(spawn(b.wait(Cursor::at(Version::ZERO))).poll()).unwrap();
     assert_eq!(
         first.cursor(),
         Cursor::at(Version::new(1)).with_epoch(epoch(1))
@@ -147,7 +146,7 @@ fn answer_cursor_chained_into_the_next_wait_waits_for_the_following_notify() {
 #[test]
 fn cursor_one_behind_is_answered_at_once_with_the_missed_update() {
     let b = published(5);
-    let changed = assert_ready!(spawn(b.wait(Version::new(4))).poll()).unwrap();
+    let changed = assert_ready!(spawn(b.wait(Cursor::at(Version::new(4)))).poll()).unwrap();
     assert_eq!(versions(&changed), [5]);
     assert_eq!(**changed.value(), 5);
     assert_eq!(changed.resync(), None);
@@ -157,7 +156,7 @@ fn cursor_one_behind_is_answered_at_once_with_the_missed_update() {
 #[test]
 fn cursor_several_behind_with_default_history_gets_latest_flagged_lagged() {
     let b = published(5);
-    let changed = assert_ready!(spawn(b.wait(Version::new(1))).poll()).unwrap();
+    let changed = assert_ready!(spawn(b.wait(Cursor::at(Version::new(1)))).poll()).unwrap();
     assert_eq!(versions(&changed), [5]);
     assert_eq!(changed.resync(), Some(Resync::Lagged { skipped: 3 }));
 }
@@ -176,7 +175,7 @@ fn cursor_behind_with_matching_epoch_is_answered_at_once() {
 #[test]
 fn cursor_ahead_of_current_is_answered_at_once_flagged_ahead() {
     let b = published(5);
-    let changed = assert_ready!(spawn(b.wait(Version::new(9))).poll()).unwrap();
+    let changed = assert_ready!(spawn(b.wait(Cursor::at(Version::new(9)))).poll()).unwrap();
     assert_eq!(changed.version(), Version::new(5));
     assert_eq!(**changed.value(), 5);
     assert_eq!(changed.resync(), Some(Resync::Ahead));
@@ -185,7 +184,7 @@ fn cursor_ahead_of_current_is_answered_at_once_flagged_ahead() {
 #[test]
 fn cursor_at_u64_max_is_ahead_not_an_overflow() {
     let b = published(1);
-    let changed = assert_ready!(spawn(b.wait(Version::new(u64::MAX))).poll()).unwrap();
+    let changed = assert_ready!(spawn(b.wait(Cursor::at(Version::new(u64::MAX)))).poll()).unwrap();
     assert_eq!(changed.resync(), Some(Resync::Ahead));
     assert_eq!(changed.version(), Version::new(1));
 }
@@ -388,21 +387,17 @@ fn every_cursor_case_answers_the_same_from_stream() {
 // ---- conversions ---------------------------------------------------------
 
 #[test]
-fn cursor_converts_from_version_update_and_changed_carrying_their_epoch() {
+fn cursor_converts_from_update_and_changed_carrying_their_epoch() {
     let b = published(2);
     assert_eq!(
-        Cursor::from(Version::new(3)),
+        Cursor::at(Version::new(3)),
         Cursor::new(Some(Version::new(3)), None)
-    );
-    assert_eq!(
-        Cursor::from(Some(Version::new(3))),
-        Cursor::at(Version::new(3))
     );
     let current = b.current();
     let expected = Cursor::new(Some(Version::new(2)), Some(epoch(1)));
     assert_eq!(Cursor::from(&current), expected);
     assert_eq!(current.cursor(), expected);
-    let changed = assert_ready!(spawn(b.wait(Version::new(1))).poll()).unwrap();
+    let changed = assert_ready!(spawn(b.wait(Cursor::at(Version::new(1)))).poll()).unwrap();
     assert_eq!(Cursor::from(&changed), expected);
     assert_eq!(changed.latest().cursor(), expected);
 }
@@ -569,4 +564,21 @@ fn builder_epoch_is_used_and_default_epoch_is_random_per_broadcaster() {
     assert_eq!(x.clone().epoch(), x.epoch());
     assert!(x.clone().same_broadcaster(&x));
     assert!(!x.same_broadcaster(&y));
+}
+
+#[test]
+fn wait_on_the_last_answer_then_restart_at_the_same_version_answers_other_epoch() {
+    let b = published(2);
+    let changed = assert_ready!(spawn(b.wait(Cursor::at(Version::new(1)))).poll()).unwrap();
+    b.restart(epoch(9), changed.version(), 7).unwrap();
+    // The easy chaining keeps the epoch: the restart is not taken for a
+    // continuation of the old sequence.
+    let again = assert_ready!(spawn(b.wait(&changed)).poll()).unwrap();
+    assert_eq!(again.resync(), Some(Resync::OtherEpoch));
+    assert_eq!(**again.value(), 7);
+    let again = assert_ready!(spawn(b.wait(changed.cursor())).poll()).unwrap();
+    assert_eq!(again.resync(), Some(Resync::OtherEpoch));
+    // `Cursor::at` is the explicit "any epoch": it waits.
+    let mut any = spawn(b.wait(Cursor::at(changed.version())));
+    assert_pending!(any.poll());
 }

@@ -44,7 +44,7 @@ fn answer_now(b: &Broadcaster<u64>, cursor: impl Into<Cursor>) -> Changed<u64> {
 #[test]
 fn history_k_cursor_k_behind_receives_every_missed_update_in_order() {
     let b = with_history(4, 4);
-    let changed = answer_now(&b, Version::new(0));
+    let changed = answer_now(&b, Cursor::at(Version::new(0)));
     assert_eq!(versions(&changed), [1, 2, 3, 4]);
     assert_eq!(values(&changed), [1, 2, 3, 4]);
     assert_eq!(changed.resync(), None);
@@ -54,7 +54,7 @@ fn history_k_cursor_k_behind_receives_every_missed_update_in_order() {
 #[test]
 fn history_k_cursor_k_plus_one_behind_is_lagged_by_one_with_the_k_retained() {
     let b = with_history(4, 5);
-    let changed = answer_now(&b, Version::new(0));
+    let changed = answer_now(&b, Cursor::at(Version::new(0)));
     assert_eq!(versions(&changed), [2, 3, 4, 5]);
     assert_eq!(changed.resync(), Some(Resync::Lagged { skipped: 1 }));
 }
@@ -62,7 +62,7 @@ fn history_k_cursor_k_plus_one_behind_is_lagged_by_one_with_the_k_retained() {
 #[test]
 fn history_k_cursor_far_behind_is_lagged_by_every_version_not_retained() {
     let b = with_history(4, 100);
-    let changed = answer_now(&b, Version::new(10));
+    let changed = answer_now(&b, Cursor::at(Version::new(10)));
     assert_eq!(versions(&changed), [97, 98, 99, 100]);
     assert_eq!(values(&changed), [97, 98, 99, 100]);
     // 90 versions after the cursor, 4 retained.
@@ -81,7 +81,7 @@ fn every_cursor_behind_gets_retained_updates_after_it_and_the_exact_skipped_coun
             assert_eq!(b.history().len() as u64, n - oldest_kept + 1, "k={k} n={n}");
             assert_eq!(b.history_capacity(), k);
             for c in 0..n {
-                let changed = answer_now(&b, Version::new(c));
+                let changed = answer_now(&b, Cursor::at(Version::new(c)));
                 let expected: Vec<u64> = ((c + 1).max(oldest_kept)..=n).collect();
                 assert_eq!(versions(&changed), expected, "k={k} n={n} c={c}");
                 assert_eq!(values(&changed), expected, "k={k} n={n} c={c}");
@@ -90,7 +90,7 @@ fn every_cursor_behind_gets_retained_updates_after_it_and_the_exact_skipped_coun
                 assert_eq!(changed.resync(), resync, "k={k} n={n} c={c}");
             }
             // At the current version: waits.
-            let mut wait = spawn(b.wait(Version::new(n)));
+            let mut wait = spawn(b.wait(Cursor::at(Version::new(n))));
             assert_pending!(wait.poll());
         }
     }
@@ -106,11 +106,11 @@ fn default_history_is_one_latest_value_only() {
     assert_eq!(b.history().len(), 1);
     assert_eq!(b.history()[0].version(), Version::new(3));
 
-    let one_behind = answer_now(&b, Version::new(2));
+    let one_behind = answer_now(&b, Cursor::at(Version::new(2)));
     assert_eq!(versions(&one_behind), [3]);
     assert_eq!(one_behind.resync(), None);
 
-    let two_behind = answer_now(&b, Version::new(1));
+    let two_behind = answer_now(&b, Cursor::at(Version::new(1)));
     assert_eq!(versions(&two_behind), [3]);
     assert_eq!(two_behind.resync(), Some(Resync::Lagged { skipped: 1 }));
 }
@@ -171,7 +171,7 @@ fn history_chained_cursors_see_every_version_exactly_once_in_order() {
 fn callback_registered_with_history_gets_the_single_update_that_woke_it() {
     let b = with_history(8, 2);
     let (tx, rx) = mpsc::channel();
-    b.register(Version::new(2), move |r| {
+    b.register(Cursor::at(Version::new(2)), move |r| {
         tx.send(versions(&r.unwrap())).unwrap();
     })
     .unwrap()
@@ -187,7 +187,7 @@ fn callback_registered_behind_with_history_gets_every_missed_update_inline() {
     let b = with_history(8, 5);
     let (tx, rx) = mpsc::channel();
     let reg = b
-        .register(Version::new(2), move |r| {
+        .register(Cursor::at(Version::new(2)), move |r| {
             tx.send(versions(&r.unwrap())).unwrap();
         })
         .unwrap();
@@ -198,7 +198,7 @@ fn callback_registered_behind_with_history_gets_every_missed_update_inline() {
 #[test]
 fn ahead_and_other_epoch_answers_hold_the_retained_history() {
     let b = with_history(4, 2);
-    let ahead = answer_now(&b, Version::new(10));
+    let ahead = answer_now(&b, Cursor::at(Version::new(10)));
     assert_eq!(ahead.resync(), Some(Resync::Ahead));
     assert_eq!(versions(&ahead), [0, 1, 2]);
     let foreign = answer_now(&b, Cursor::at(Version::new(2)).with_epoch(epoch(9)));
@@ -214,21 +214,21 @@ fn publish_at_gap_then_cursor_before_gap_is_lagged_by_the_skipped_versions() {
     b.publish_at(Version::new(5), 5).unwrap();
     assert_eq!(b.version(), Version::new(5));
 
-    let from_zero = answer_now(&b, Version::new(0));
+    let from_zero = answer_now(&b, Cursor::at(Version::new(0)));
     assert_eq!(versions(&from_zero), [5]);
     assert_eq!(from_zero.resync(), Some(Resync::Lagged { skipped: 4 }));
 
     b.notify(6).unwrap();
-    let from_five = answer_now(&b, Version::new(5));
+    let from_five = answer_now(&b, Cursor::at(Version::new(5)));
     assert_eq!(versions(&from_five), [6]);
     assert_eq!(from_five.resync(), None);
 
-    let from_zero = answer_now(&b, Version::new(0));
+    let from_zero = answer_now(&b, Cursor::at(Version::new(0)));
     assert_eq!(versions(&from_zero), [5, 6]);
     assert_eq!(from_zero.resync(), Some(Resync::Lagged { skipped: 4 }));
 
     // A cursor inside the gap lost only version 4.
-    let from_three = answer_now(&b, Version::new(3));
+    let from_three = answer_now(&b, Cursor::at(Version::new(3)));
     assert_eq!(versions(&from_three), [5, 6]);
     assert_eq!(from_three.resync(), Some(Resync::Lagged { skipped: 1 }));
 }
@@ -248,7 +248,7 @@ fn pending_wait_then_publish_at_with_gap_answers_lagged() {
 #[test]
 fn publish_at_next_version_is_a_plain_continuation() {
     let b = with_history(8, 2);
-    let mut wait = spawn(b.wait(Version::new(2)));
+    let mut wait = spawn(b.wait(Cursor::at(Version::new(2))));
     assert_pending!(wait.poll());
     b.publish_at(Version::new(3), 3).unwrap();
     let changed = assert_ready!(wait.poll()).unwrap();
@@ -341,7 +341,7 @@ fn restart_then_old_epoch_cursor_is_other_epoch_and_new_cursor_waits() {
 
     // A cursor without an epoch is read in the new sequence: of the 48
     // versions after 3, only 50 and 51 exist.
-    let bare = answer_now(&b, Version::new(3));
+    let bare = answer_now(&b, Cursor::at(Version::new(3)));
     assert_eq!(versions(&bare), [50, 51]);
     assert_eq!(bare.resync(), Some(Resync::Lagged { skipped: 46 }));
 }
@@ -365,7 +365,7 @@ fn restart_with_current_epoch_is_publish_at() {
         })
     );
     b.restart(epoch(1), Version::new(6), 6).unwrap();
-    let changed = answer_now(&b, Version::new(3));
+    let changed = answer_now(&b, Cursor::at(Version::new(3)));
     assert_eq!(versions(&changed), [6]);
     assert_eq!(changed.resync(), Some(Resync::Lagged { skipped: 2 }));
     let kept: Vec<u64> = b.history().iter().map(|u| u.version().get()).collect();

@@ -144,7 +144,10 @@ async fn each_outcome_maps_to_its_status_and_headers() {
     let unnamed = PollRequest::new(Cursor::NEXT, Duration::from_secs(1), false);
 
     // A change: 200, ETag, no-store, JSON.
-    let resp = poll.respond(&named, Ok(b.wait(Version::new(7)).await.unwrap()));
+    let resp = poll.respond(
+        &named,
+        Ok(b.wait(Cursor::at(Version::new(7))).await.unwrap()),
+    );
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["etag"], etag0.as_str());
     assert_eq!(resp.headers()["cache-control"], "no-store");

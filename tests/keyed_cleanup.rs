@@ -67,11 +67,18 @@ fn race_waits_against_sweeps(idle: Duration) {
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&stop);
         sweepers(s, &hub, &stop, &swept);
+        let swept = &swept;
         let workers: Vec<_> = (0..6u32)
             .map(|t| {
                 let hub = hub.clone();
                 s.spawn(move || {
-                    for i in 0..3000u32 {
+                    // At least 3000 rounds, and with removal on, until a
+                    // sweep removed a key under the workers (a fast
+                    // machine could finish before any sweep did).
+                    let rounds = (0..1_000_000u32).take_while(|&i| {
+                        i < 3000 || (idle.is_zero() && swept.load(Ordering::Relaxed) == 0)
+                    });
+                    for i in rounds {
                         let key = (t + i) % 4;
                         let mut wait = hub.wait(&key, Cursor::NEXT).unwrap();
                         // Half the waits register before the publish, half
@@ -122,11 +129,15 @@ fn sweeps_racing_multi_key_waits_never_strand_a_waiter() {
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&stop);
         sweepers(s, &hub, &stop, &swept);
+        let swept = &swept;
         let workers: Vec<_> = (0..6u32)
             .map(|t| {
                 let hub = hub.clone();
                 s.spawn(move || {
-                    for i in 0..2000u32 {
+                    // As above: until a sweep removed a key, too.
+                    let rounds = (0..1_000_000u32)
+                        .take_while(|&i| i < 2000 || swept.load(Ordering::Relaxed) == 0);
+                    for i in rounds {
                         let keys = [(t + i) % 6, (t + i + 1) % 6, (t + i + 3) % 6];
                         let mut wait = hub.wait_many(keys.map(|k| (k, Cursor::NEXT))).unwrap();
                         if i % 2 == 0 && poll_once(&mut wait).is_ready() {

@@ -119,7 +119,7 @@ fn per_key_builder_sets_history_and_waiter_limit() {
     hub.notify("small", 1).unwrap();
     hub.notify("small", 2).unwrap();
     let changed = hub
-        .wait("small", Version::ZERO)
+        .wait("small", Cursor::at(Version::ZERO))
         .unwrap()
         .now_or_never()
         .expect("behind: ready at once")
@@ -280,7 +280,7 @@ fn a_parked_key_continues_its_sequence_history_and_settings() {
     // again, receives exactly what it missed.
     assert_eq!(hub.sweep(), 0);
     let changed = hub
-        .wait("a", Version::new(3))
+        .wait("a", Cursor::at(Version::new(3)))
         .unwrap()
         .now_or_never()
         .expect("behind: ready at once")

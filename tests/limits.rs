@@ -114,11 +114,11 @@ fn cursor_behind_is_answered_even_when_full() {
     let mut holder = spawn(b.wait(Cursor::NEXT));
     assert_pending!(holder.poll());
 
-    let changed = assert_ready!(spawn(b.wait(Version::ZERO)).poll()).unwrap();
+    let changed = assert_ready!(spawn(b.wait(Cursor::at(Version::ZERO))).poll()).unwrap();
     assert_eq!(changed.version(), Version::new(1));
     let (tx, rx) = std::sync::mpsc::channel();
     let reg = b
-        .register(Version::ZERO, move |r| {
+        .register(Cursor::at(Version::ZERO), move |r| {
             tx.send(r.unwrap().version()).unwrap()
         })
         .unwrap();
@@ -136,7 +136,7 @@ fn max_waiters_zero_refuses_every_wait_that_would_have_to_wait() {
     );
     assert!(b.register(Cursor::NEXT, |_| {}).unwrap_err().is_full());
     b.notify(1).unwrap();
-    assert!(assert_ready!(spawn(b.wait(Version::ZERO)).poll()).is_ok());
+    assert!(assert_ready!(spawn(b.wait(Cursor::at(Version::ZERO))).poll()).is_ok());
 }
 
 #[test]

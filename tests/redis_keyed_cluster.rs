@@ -102,7 +102,7 @@ async fn two_instances_exchange_updates_on_a_thousand_keys_over_every_shard() {
     for (from, to, at) in [(&on_a, "B", &at_b), (&on_b, "A", &at_a)] {
         let mut versions = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            versions.push(from.publish(key, i as u64).await.unwrap());
+            versions.push(from.publish(key, i as u64).await.unwrap().version);
         }
         for ((key, b), v) in keys.iter().zip(at).zip(versions) {
             reach(b, v, &format!("{key} on {to}")).await;
@@ -284,7 +284,7 @@ async fn a_keys_slot_moved_under_live_waiters_keeps_them_woken() {
     cluster.move_slot(slot, &shards[0].master).await;
     for n in 2..12u64 {
         let from = if n % 2 == 0 { &on_a } else { &on_b };
-        let v = from.publish(&key, n).await.unwrap();
+        let v = from.publish(&key, n).await.unwrap().version;
         reach(&x, v, "A").await;
         reach(&y, v, "B").await;
     }

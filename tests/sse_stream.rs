@@ -332,3 +332,29 @@ fn event_ids_round_trip_and_reject_garbage() {
         assert_eq!(sse::parse_event_id(bad), None, "{bad:?}");
     }
 }
+
+/// A running event stream keeps its place under the waiter limit between
+/// two frames: a wait that arrives then is refused, not the stream.
+#[tokio::test]
+async fn a_running_stream_keeps_its_place_under_the_waiter_limit_between_frames() {
+    let b = Broadcaster::builder()
+        .max_waiters(1)
+        .build(String::from("a"));
+    let mut events = task::spawn(sse().stream(&b, Some(b.current().cursor())));
+    next(&mut events); // retry:
+    assert_pending!(events.poll_next());
+    b.notify("b".into()).unwrap();
+    assert_eq!(parse(&next(&mut events))[0].data, "b");
+
+    // Between two frames: the stream still holds the one place.
+    let mut other = task::spawn(b.wait(Cursor::NEXT));
+    assert!(assert_ready!(other.poll()).unwrap_err().is_full());
+
+    assert_pending!(events.poll_next());
+    b.notify("c".into()).unwrap();
+    let frame = parse(&next(&mut events));
+    assert_eq!(frame[0].kind, "message", "{frame:?}");
+    assert_eq!(frame[0].data, "c");
+    drop(events);
+    assert_eq!(b.waiter_count(), 0, "a dropped stream gives its place back");
+}

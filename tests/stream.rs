@@ -1,4 +1,4 @@
-//! `UpdateStream`: every version exactly once and in order when the history
+//! `ChangedStream`: every version exactly once and in order when the history
 //! covers the bursts between two polls, resync flags when it does not, and a
 //! `next()` that can be dropped without losing anything.
 
@@ -68,7 +68,7 @@ fn stream_from_cursor_behind_yields_missed_updates_first_then_waits() {
     for v in 1..=4 {
         b.notify(v).unwrap();
     }
-    let mut stream = spawn(b.stream(Version::new(1)));
+    let mut stream = spawn(b.stream(Cursor::at(Version::new(1))));
     let changed = assert_ready!(stream.poll_next()).unwrap().unwrap();
     assert_eq!(versions(&changed), [2, 3, 4]);
     assert_pending!(stream.poll_next());
@@ -129,7 +129,7 @@ async fn stream_against_a_publisher_thread_yields_every_version_exactly_once_in_
     const N: u64 = 20_000;
     // History longer than the whole run: the consumer can never lag.
     let b = Broadcaster::builder().history(N as usize + 1).build(0u64);
-    let mut stream = b.stream(Version::ZERO);
+    let mut stream = b.stream(Cursor::at(Version::ZERO));
     let publisher = std::thread::spawn({
         let b = b.clone();
         move || {
@@ -182,7 +182,7 @@ fn stream_then_restart_yields_other_epoch_then_continues_in_the_new_epoch() {
 #[test]
 fn stream_from_ahead_cursor_yields_ahead_then_continues() {
     let b = Broadcaster::new(0u64);
-    let mut stream = spawn(b.stream(Version::new(50)));
+    let mut stream = spawn(b.stream(Cursor::at(Version::new(50))));
     let changed = assert_ready!(stream.poll_next()).unwrap().unwrap();
     assert_eq!(changed.resync(), Some(Resync::Ahead));
     assert_pending!(stream.poll_next());
@@ -202,7 +202,7 @@ fn stream_holds_one_registration_however_often_polled() {
     }
     assert_eq!(b.waiter_count(), 1);
     b.notify(1).unwrap();
-    assert_eq!(b.waiter_count(), 0);
+    assert_eq!(b.waiter_count(), 1, "woken, it keeps its place");
     assert_ready!(stream.poll_next()).unwrap().unwrap();
     assert_pending!(stream.poll_next());
     assert_eq!(b.waiter_count(), 1);
@@ -229,4 +229,51 @@ fn stream_outlives_the_broadcaster_handle_it_came_from() {
     assert_pending!(stream.poll_next());
     keep.notify(1).unwrap();
     assert_ready!(stream.poll_next()).unwrap().unwrap();
+}
+
+#[test]
+fn stream_between_items_keeps_its_place_when_other_waiters_fill_the_list() {
+    let b = Broadcaster::builder().max_waiters(2).build(0u64);
+    let mut stream = spawn(b.stream(Cursor::NEXT));
+    assert_pending!(stream.poll_next());
+    b.notify(1).unwrap();
+    // The stream was woken and is out of the list; a future takes a place.
+    let mut other = spawn(b.wait(Cursor::NEXT));
+    assert_pending!(other.poll());
+    // The stream's place is still its own: a third waiter is refused.
+    assert!(assert_ready!(spawn(b.wait(Cursor::NEXT)).poll())
+        .unwrap_err()
+        .is_full());
+    assert_eq!(
+        versions(&assert_ready!(stream.poll_next()).unwrap().unwrap()),
+        [1]
+    );
+    // Under load, the stream goes on waiting rather than ending with `Full`.
+    assert_pending!(stream.poll_next());
+    b.notify(2).unwrap();
+    assert_eq!(
+        versions(&assert_ready!(stream.poll_next()).unwrap().unwrap()),
+        [2]
+    );
+    assert!(assert_ready!(other.poll()).is_ok());
+}
+
+#[test]
+fn stream_dropped_between_items_gives_its_place_back() {
+    let b = Broadcaster::builder().max_waiters(1).build(0u64);
+    let mut stream = spawn(b.stream(Cursor::NEXT));
+    assert_pending!(stream.poll_next());
+    b.notify(1).unwrap();
+    assert_eq!(
+        b.waiter_count(),
+        1,
+        "the woken stream still holds its place"
+    );
+    assert!(assert_ready!(spawn(b.wait(Cursor::NEXT)).poll())
+        .unwrap_err()
+        .is_full());
+    drop(stream);
+    assert_eq!(b.waiter_count(), 0);
+    let mut wait = spawn(b.wait(Cursor::NEXT));
+    assert_pending!(wait.poll());
 }

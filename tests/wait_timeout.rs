@@ -74,7 +74,10 @@ async fn change_and_deadline_both_due_at_the_next_poll_then_the_change_wins() {
 async fn cursor_behind_with_zero_timeout_is_answered_not_timed_out() {
     let b = Broadcaster::new(0u32);
     b.notify(1).unwrap();
-    let changed = b.wait_timeout(Version::ZERO, Duration::ZERO).await.unwrap();
+    let changed = b
+        .wait_timeout(Cursor::at(Version::ZERO), Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(changed.version(), Version::new(1));
 }
 

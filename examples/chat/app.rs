@@ -77,7 +77,9 @@ pub(crate) struct Entry(pub(crate) Option<Message>);
 impl longpoll::redis::Codec for Entry {
     fn encode(&self) -> Vec<u8> {
         match &self.0 {
-            Some(m) => json!({ "name": m.name, "text": m.text }).to_string().into_bytes(),
+            Some(m) => json!({ "name": m.name, "text": m.text })
+                .to_string()
+                .into_bytes(),
             None => Vec::new(),
         }
     }
@@ -159,7 +161,9 @@ impl RoomError {
     fn response(self) -> Response {
         match self {
             RoomError::Full(e) => too_many_rooms(e),
-            RoomError::Unavailable(why) => unavailable(&format!("the room is unavailable: {why}"), 1),
+            RoomError::Unavailable(why) => {
+                unavailable(&format!("the room is unavailable: {why}"), 1)
+            }
             RoomError::Closed => unavailable("the server is shutting down", 1),
         }
     }

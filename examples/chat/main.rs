@@ -121,7 +121,11 @@ async fn rooms(args: &Args, settings: &app::Settings) -> std::io::Result<app::Ro
             .map_err(std::io::Error::other)?;
         println!(
             "rooms shared through Redis{}",
-            if backplane.is_cluster() { " Cluster" } else { "" }
+            if backplane.is_cluster() {
+                " Cluster"
+            } else {
+                ""
+            }
         );
         app::Rooms::shared(settings, &backplane).map_err(std::io::Error::other)
     }

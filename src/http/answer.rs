@@ -227,6 +227,8 @@ struct Slot {
     /// The envelope of an answer made of this update alone, without a
     /// resync: what every waiter woken by its publish gets.
     envelope: OnceLock<Bytes>,
+    /// The `ETag` of an answer whose newest update is this one.
+    etag: OnceLock<HeaderValue>,
 }
 
 impl<T> Bodies<T> {
@@ -285,6 +287,15 @@ impl<T> Bodies<T> {
     pub(crate) fn data(&self, update: &Update<T>) -> Bytes {
         let slot = self.slot(update);
         slot.data.get_or_init(|| (self.encode)(update)).clone()
+    }
+
+    /// The `ETag` of an answer whose newest update is `update`, made once
+    /// and shared, like its body.
+    pub(crate) fn etag(&self, update: &Update<T>) -> HeaderValue {
+        let slot = self.slot(update);
+        slot.etag
+            .get_or_init(|| super::etag(update.epoch(), update.version()))
+            .clone()
     }
 
     /// The envelope of `changed` (see [`BodyFormat::Envelope`]), with `key`

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{event_id, SseConfig, KEEP_ALIVE};
+use crate::broadcaster::Watcher;
 use crate::http::answer::{error_body, resync_json, Bodies};
 use crate::wait::WaitState;
 use crate::{Broadcaster, Changed, Cursor, Resync, Update, WaitError};
@@ -36,7 +37,9 @@ enum Phase {
 /// that is not returned: its cursor only moves when a frame is.
 #[must_use = "streams do nothing unless polled"]
 pub struct EventStream<T> {
-    broadcaster: Broadcaster<T>,
+    /// Not a handle: the stream ends when the broadcaster's last handle is
+    /// dropped.
+    broadcaster: Watcher<T>,
     bodies: Arc<Bodies<T>>,
     /// The wait at the cursor of the last frame; `None` before the first.
     state: Option<WaitState>,
@@ -54,7 +57,7 @@ impl<T> EventStream<T> {
         cursor: Option<Cursor>,
     ) -> Self {
         EventStream {
-            broadcaster,
+            broadcaster: broadcaster.watcher(),
             bodies,
             state: None,
             phase: Phase::Start(cursor.filter(|c| c.version().is_some())),
@@ -80,7 +83,9 @@ impl<T> EventStream<T> {
         out.put_slice(format!("retry: {}\n\n", self.config.get_retry().as_millis()).as_bytes());
         let shared = &self.broadcaster.shared;
         match cursor {
-            Some(c) => self.state = Some(WaitState::new(shared, c)),
+            // A stream's wait keeps its place under the waiter limit from
+            // one frame to the next: a running stream never meets `Full`.
+            Some(c) => self.state = Some(WaitState::new_stream(shared, c)),
             None => {
                 let retained = self.broadcaster.history();
                 resync_event(&mut out, None);
@@ -88,7 +93,7 @@ impl<T> EventStream<T> {
                     self.event(&mut out, u);
                 }
                 let last = retained.last().expect("history is never empty");
-                self.state = Some(WaitState::new(shared, last.cursor()));
+                self.state = Some(WaitState::new_stream(shared, last.cursor()));
             }
         }
         out.freeze()
@@ -137,7 +142,7 @@ impl<T> EventStream<T> {
         let state = self.state.as_mut().expect("set by the first frame");
         match state.poll(&self.broadcaster.shared, cx) {
             Poll::Ready(Ok(changed)) => {
-                self.state = Some(WaitState::new(&self.broadcaster.shared, changed.cursor()));
+                state.advance(&changed);
                 let frame = self.changed_frame(&changed);
                 self.reset_keep_alive();
                 Poll::Ready(Some(frame))
