@@ -350,3 +350,77 @@ async fn dropping_the_hub_and_its_backplane_closes_every_connection() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_going_live_and_idle_under_load_lose_no_wake_up_and_end_unsubscribed() {
+    let Some(redis) = OwnRedis::start("keys_going_live_and_idle_under_load") else {
+        return;
+    };
+    const KEYS: usize = 6;
+    let prefix = unique_prefix("churn");
+    let (a, b) = (
+        instance(&redis, &prefix).await,
+        instance(&redis, &prefix).await,
+    );
+    let on_a = rooms(&a, WAIT);
+    // On B, keys are swept (parked, removed) every few milliseconds.
+    let on_b: KeyedChannels<String> = b
+        .keyed("rooms")
+        .history(8)
+        .idle_timeout(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("k{i}")).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A publisher per key, every 10 ms.
+    let mut publishers = Vec::new();
+    for key in &keys {
+        let (on_a, key, stop) = (on_a.clone(), key.clone(), stop.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                on_a.publish(&key, n.to_string()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    // Waiters that take a key live, wait for its next update, and let it
+    // go idle again, over and over: each wait must be woken by the next
+    // publish, whatever the sweeps and subscriptions did meanwhile.
+    let mut waiters = Vec::new();
+    for i in 0..4 * KEYS {
+        let (on_b, key) = (on_b.clone(), keys[i % KEYS].clone());
+        waiters.push(tokio::spawn(async move {
+            let mut woken = 0;
+            for round in 0..40u64 {
+                let b = on_b.broadcaster(&key).await.unwrap();
+                let at = b.current().cursor();
+                let changed = b
+                    .wait_timeout(at, Duration::from_secs(2))
+                    .await
+                    .unwrap_or_else(|e| panic!("{key}: a wait after {at:?} was never woken: {e}"));
+                assert!(changed.version() > at.version().unwrap() || changed.resync().is_some());
+                woken += 1;
+                drop(b);
+                tokio::time::sleep(Duration::from_millis((round * 7 + i as u64) % 25)).await;
+            }
+            woken
+        }));
+    }
+    let mut woken = 0;
+    for w in waiters {
+        woken += w.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in publishers {
+        p.await.unwrap();
+    }
+    assert_eq!(woken, 4 * KEYS * 40);
+    // Once idle, B is subscribed to nothing: only A's subscriptions remain.
+    let names: Vec<String> = keys.iter().map(|k| on_a.redis_key(k)).collect();
+    until("B unsubscribed every key", async || {
+        on_b.live_keys() == 0 && subscribers(&redis, &names).await == vec![1; KEYS]
+    })
+    .await;
+}

@@ -431,13 +431,22 @@ impl<T: Codec + Send + Sync + 'static> Inner<T> {
 
     /// The hook: `b`, live for `key`, left the map.
     fn went_idle(&self, key: &str, b: &Broadcaster<T>) {
-        let mut relays = self.relays.lock();
-        if relays.get(key).is_some_and(|l| l.id == id_of(b)) {
-            relays.remove(key);
-            drop(relays);
+        if leave(&mut self.relays.lock(), key, id_of(b)) {
             self.queue.push(key);
         }
     }
+}
+
+/// Forgets `key`'s relay if it serves the broadcaster `id`; whether it did.
+/// A key parked and brought back while the sweep that parked it was still
+/// on its way to the hook has a new relay already: the late call leaves
+/// it alone.
+fn leave<T>(relays: &mut HashMap<String, LiveKey<T>>, key: &str, id: usize) -> bool {
+    if relays.get(key).is_some_and(|l| l.id == id) {
+        relays.remove(key);
+        return true;
+    }
+    false
 }
 
 impl<T: Codec + Send + Sync + 'static> KeyedChannels<T> {
@@ -744,5 +753,51 @@ impl<T: Codec + Send + Sync + 'static> KeyedChannels<T> {
     /// Keys live on this instance now (subscribed, or about to be).
     pub fn live_keys(&self) -> usize {
         self.inner.relays.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(id: usize) -> LiveKey<u64> {
+        let relay = Arc::new(ChannelCore {
+            keys: Keys::new("p:", "k"),
+            local: Local::Key(Box::new(|| None)),
+            initial: Vec::new(),
+            absent: Some(absent_epoch("p:{k}")),
+            loaded: AtomicBool::new(false),
+            load: tokio::sync::Notify::new(),
+            history: 1,
+            once_ttl: Duration::from_secs(1),
+            ttl: None,
+            retired: Mutex::new(Vec::new()),
+            sync: SyncState::default(),
+            failure: Mutex::new(None),
+        });
+        let erased: Arc<dyn Relay> = relay.clone();
+        LiveKey { id, relay, erased }
+    }
+
+    #[test]
+    fn a_late_idle_call_leaves_the_relay_of_a_newer_broadcaster() {
+        let mut relays = HashMap::new();
+        relays.insert("k".to_owned(), live(1));
+        // Parked and back before the sweep's call arrived: a new relay.
+        relays.insert("k".to_owned(), live(2));
+        assert!(
+            !leave(&mut relays, "k", 1),
+            "the late call of broadcaster 1"
+        );
+        assert_eq!(relays["k"].id, 2);
+        assert!(leave(&mut relays, "k", 2));
+        assert!(relays.is_empty());
+        assert!(!leave(&mut relays, "k", 2));
+    }
+
+    #[test]
+    fn the_absent_epoch_is_the_same_for_a_name_and_differs_between_names() {
+        assert_eq!(absent_epoch("p:{a}"), absent_epoch("p:{a}"));
+        assert_ne!(absent_epoch("p:{a}"), absent_epoch("p:{b}"));
     }
 }
