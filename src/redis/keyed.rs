@@ -301,6 +301,27 @@ impl<T: Codec + Send + Sync + 'static> KeyedChannelsBuilder<T> {
 /// The first publish creates it, under a new epoch.
 ///
 /// Cheap to clone: clones share the hub.
+///
+/// ```no_run
+/// use longpoll::redis::{Backplane, KeyedChannels};
+/// use longpoll::Cursor;
+/// use std::time::Duration;
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let backplane = Backplane::connect("redis://127.0.0.1:6379/").await?;
+/// let rooms: KeyedChannels<String> = backplane
+///     .keyed("rooms")
+///     .history(100)
+///     .max_keys(10_000)
+///     .ttl(Some(Duration::from_secs(86_400)))
+///     .build()?;
+/// // Subscribed and read from Redis on first use; unsubscribed once idle.
+/// let lobby = rooms.broadcaster("lobby").await?;
+/// let wait = lobby.wait_timeout(Cursor::NEXT, Duration::from_secs(30));
+/// rooms.publish("lobby", "hello".to_string()).await?; // on any instance
+/// assert_eq!(**wait.await?.value(), "hello");
+/// # Ok(()) }
+/// ```
 pub struct KeyedChannels<T> {
     inner: Arc<Inner<T>>,
 }
