@@ -424,3 +424,36 @@ async fn keys_going_live_and_idle_under_load_lose_no_wake_up_and_end_unsubscribe
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_channel_with_a_time_to_live_starts_again_under_a_new_epoch_once_expired() {
+    let Some(redis) = OwnRedis::start("a_channel_with_a_time_to_live") else {
+        return;
+    };
+    let prefix = unique_prefix("chttl");
+    let a = instance(&redis, &prefix).await;
+    let ch: longpoll::redis::Channel<u64> = a
+        .channel_builder("c")
+        .history(4)
+        .ttl(Duration::from_millis(300))
+        .open(0)
+        .await
+        .unwrap();
+    let pttl: i64 = cmd(&redis, redis::cmd("PTTL").arg(ch.key())).await;
+    assert!(pttl > 0 && pttl <= 300, "created with its time to live: {pttl}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ch.publish(1).await.unwrap();
+    let pttl: i64 = cmd(&redis, redis::cmd("PTTL").arg(ch.key())).await;
+    assert!(pttl > 200, "a publish sets it again: {pttl}");
+    let held = ch.current();
+    // Expired: the periodic check recreates it under a new epoch, from the
+    // initial value, and tells the waiter.
+    let changed = ch
+        .broadcaster()
+        .wait_timeout(held.cursor(), WAIT)
+        .await
+        .expect("told once it expired");
+    assert_eq!(changed.resync(), Some(Resync::OtherEpoch));
+    assert_eq!(**changed.value(), 0);
+    assert_ne!(changed.epoch(), held.epoch());
+}
