@@ -440,7 +440,10 @@ async fn a_channel_with_a_time_to_live_starts_again_under_a_new_epoch_once_expir
         .await
         .unwrap();
     let pttl: i64 = cmd(&redis, redis::cmd("PTTL").arg(ch.key())).await;
-    assert!(pttl > 0 && pttl <= 300, "created with its time to live: {pttl}");
+    assert!(
+        pttl > 0 && pttl <= 300,
+        "created with its time to live: {pttl}"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     ch.publish(1).await.unwrap();
     let pttl: i64 = cmd(&redis, redis::cmd("PTTL").arg(ch.key())).await;
