@@ -236,7 +236,6 @@ mod commands;
 mod error;
 mod keyed;
 mod keys;
-mod loader;
 mod modify;
 mod recovery;
 mod relay;

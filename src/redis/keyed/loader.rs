@@ -24,10 +24,10 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::backplane::Core;
-use super::keyed::Inner;
-use super::relay::Relay;
-use super::Codec;
+use super::live::Inner;
+use crate::redis::backplane::Core;
+use crate::redis::relay::Relay;
+use crate::redis::Codec;
 
 /// The most keys the loader takes at once.
 pub(super) const BATCH: usize = 1000;
