@@ -28,6 +28,7 @@ pub struct Builder {
     epoch: Option<Epoch>,
     initial_version: Version,
     hold_ahead: u8,
+    failing: bool,
 }
 
 impl Default for Builder {
@@ -38,6 +39,7 @@ impl Default for Builder {
             epoch: None,
             initial_version: Version::ZERO,
             hold_ahead: 0,
+            failing: false,
         }
     }
 }
@@ -104,6 +106,16 @@ impl Builder {
         self
     }
 
+    /// Builds the broadcaster failing (see `Inner::failing`): its waits are
+    /// refused until `set_failing(false)`. For a key of the Redis
+    /// backplane's keyed hub, whose state is read from Redis after its
+    /// broadcaster is made.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn refusing_waits(mut self) -> Self {
+        self.failing = true;
+        self
+    }
+
     /// Builds the broadcaster, holding `initial` at the initial version.
     pub fn build<T>(self, initial: T) -> Broadcaster<T> {
         let first = Update {
@@ -123,8 +135,10 @@ impl Builder {
         let skip = retained.len().saturating_sub(self.history);
         let mut history = VecDeque::with_capacity(self.history.min(1024));
         history.extend(retained.into_iter().skip(skip));
+        let mut inner = Inner::new(history);
+        inner.failing = self.failing;
         Broadcaster::from_shared(Arc::new(Shared {
-            inner: Mutex::new(Inner::new(history)),
+            inner: Mutex::new(inner),
             history: self.history,
             max_waiters: self.max_waiters.unwrap_or(usize::MAX),
             spare: Mutex::new(Vec::new()),

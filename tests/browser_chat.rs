@@ -10,6 +10,10 @@
 //! while more messages go by than the room keeps: each page says it missed
 //! some and shows what the room kept.
 //!
+//! With the `redis` feature, two pages on two chat instances that share
+//! their rooms through Redis see each other's messages, also after one of
+//! the instances restarts (and the messages posted while it was down).
+//!
 //! Without `/usr/bin/chromium` and `/usr/bin/chromedriver`, or without the
 //! `http` feature, the test prints `skipped: ...` and passes, unless
 //! `LONGPOLL_REQUIRE_BROWSER=1` is set, as in CI. With
@@ -41,6 +45,10 @@ mod app;
 #[cfg(feature = "axum")]
 #[path = "common/cut_proxy.rs"]
 mod cut_proxy;
+
+#[cfg(all(feature = "axum", feature = "redis"))]
+#[path = "redis_common/mod.rs"]
+mod redis_common;
 
 #[cfg(feature = "axum")]
 mod in_chromium {
@@ -309,5 +317,126 @@ mod in_chromium {
             .await
             .expect("the server stops")
             .unwrap();
+    }
+
+    /// A chat instance on the shared Redis, serving on `listener` until
+    /// `stop` fires.
+    #[cfg(feature = "redis")]
+    async fn shared_instance(
+        listener: TcpListener,
+        url: &str,
+        prefix: &str,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let settings = app::Settings {
+            history: HISTORY,
+            ..app::Settings::default()
+        };
+        let backplane = longpoll::redis::Backplane::builder(url)
+            .prefix(prefix)
+            .connect()
+            .await
+            .expect("Redis answers");
+        let rooms = app::Rooms::shared(&settings, &backplane).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(app::serve(
+            listener,
+            app::Chat::with_rooms(settings, rooms),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        (stop, serving)
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_on_two_instances_see_each_others_messages_also_after_a_restart() {
+        if let Err(reason) = webdriver::browser_available() {
+            crate::skip(&reason);
+            return;
+        }
+        let Some(url) = crate::redis_common::shared_redis("chat pages on two instances") else {
+            return;
+        };
+        let prefix = crate::redis_common::unique_prefix("browser-chat");
+        let (la, lb) = (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let (addr_a, addr_b) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+        let (stop_a, serving_a) = shared_instance(la, &url, &prefix).await;
+        let (stop_b, serving_b) = shared_instance(lb, &url, &prefix).await;
+
+        let driver = ChromeDriver::start().expect("chromedriver starts");
+        let page_a = driver.new_session(600, 700).await.expect("browser A");
+        let page_b = driver.new_session(600, 700).await.expect("browser B");
+        page_a
+            .goto(&format!("http://{addr_a}/?room={ROOM}&transport=poll"))
+            .await
+            .unwrap();
+        page_b
+            .goto(&format!("http://{addr_b}/?room={ROOM}&transport=sse"))
+            .await
+            .unwrap();
+        wait_live(&page_a, "the page on instance A to be live", UI_TIMEOUT).await;
+        wait_live(&page_b, "the page on instance B to be live", UI_TIMEOUT).await;
+
+        // Across instances, both ways.
+        send(&page_a, "alice", "from A").await;
+        send(&page_b, "bob", "from B").await;
+        let mut all: Vec<String> = vec!["from A".into(), "from B".into()];
+        wait_for_texts(&page_a, "both messages on page A", &all, UI_TIMEOUT).await;
+        wait_for_texts(&page_b, "both messages on page B", &all, UI_TIMEOUT).await;
+        assert!(
+            !page_a.displayed("#notice").await.unwrap(),
+            "a room's first message is no reset"
+        );
+
+        // Instance B stops; a message is posted on A meanwhile; B comes
+        // back on the same address with a new backplane, and its page
+        // gets what it missed, then live messages again.
+        let _ = stop_b.send(());
+        tokio::time::timeout(Duration::from_secs(5), serving_b)
+            .await
+            .expect("instance B stops")
+            .unwrap();
+        send(&page_a, "alice", "while B was down").await;
+        all.push("while B was down".into());
+        let lb = TcpListener::bind(addr_b)
+            .await
+            .expect("B's address is free again");
+        let (stop_b, serving_b) = shared_instance(lb, &url, &prefix).await;
+        wait_for_texts(
+            &page_b,
+            "the missed message on page B after B restarted",
+            &all,
+            RECONNECT_TIMEOUT,
+        )
+        .await;
+        wait_live(
+            &page_b,
+            "the page on the restarted B to be live",
+            RECONNECT_TIMEOUT,
+        )
+        .await;
+        send(&page_b, "bob", "B is back").await;
+        all.push("B is back".into());
+        wait_for_texts(&page_a, "B's message on page A", &all, UI_TIMEOUT).await;
+        wait_for_texts(&page_b, "B's message on page B", &all, UI_TIMEOUT).await;
+
+        page_a.quit().await.unwrap();
+        page_b.quit().await.unwrap();
+        drop(driver);
+        for (stop, serving) in [(stop_a, serving_a), (stop_b, serving_b)] {
+            let _ = stop.send(());
+            tokio::time::timeout(Duration::from_secs(5), serving)
+                .await
+                .expect("the instance stops")
+                .unwrap();
+        }
+        crate::redis_common::delete_prefix(&url, &prefix).await;
     }
 }

@@ -1,6 +1,7 @@
 //! The chat example end to end over a real socket: long polls and event
 //! streams of several clients, reconnection within and beyond a room's
-//! history, validation, the room limit and shutdown.
+//! history, validation, the room limit and shutdown; and, with the `redis`
+//! feature, several instances sharing their rooms through Redis.
 #![cfg(feature = "axum")]
 #![allow(missing_docs)]
 
@@ -26,12 +27,16 @@ struct Server {
 
 impl Server {
     async fn start(settings: app::Settings) -> Server {
+        Self::serve(app::Chat::new(settings)).await
+    }
+
+    async fn serve(chat: app::Chat) -> Server {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app::serve(listener, app::Chat::new(settings), async move {
+        let task = tokio::spawn(app::serve(listener, chat, async move {
             let _ = rx.await;
         }));
         Server {
@@ -516,5 +521,127 @@ async fn one_poll_over_several_rooms_names_the_room_of_every_message() {
             400,
             "{bad}"
         );
+    }
+}
+
+/// Chat instances that share their rooms through the shared Redis (under a
+/// key prefix of their own).
+#[cfg(feature = "redis")]
+#[path = "redis_common/mod.rs"]
+mod redis_common;
+
+#[cfg(feature = "redis")]
+mod on_redis {
+    use super::*;
+
+    /// An instance on the Redis at `url`, under `prefix`.
+    async fn instance(url: &str, prefix: &str, settings: app::Settings) -> Server {
+        let backplane = longpoll::redis::Backplane::builder(url)
+            .prefix(prefix)
+            .connect()
+            .await
+            .unwrap();
+        let rooms = app::Rooms::shared(&settings, &backplane).unwrap();
+        Server::serve(app::Chat::with_rooms(settings, rooms)).await
+    }
+
+    #[tokio::test]
+    async fn a_message_posted_on_one_instance_reaches_polls_and_streams_on_another() {
+        let Some(url) = redis_common::shared_redis("chat on two instances") else {
+            return;
+        };
+        let prefix = redis_common::unique_prefix("chat");
+        let (a, b) = (
+            instance(&url, &prefix, settings(5)).await,
+            instance(&url, &prefix, settings(5)).await,
+        );
+        let c = client();
+        // A room nobody wrote to: the same baseline on both, and nothing in
+        // Redis.
+        let on_a = json(poll(&c, &a, "lobby", None, 0).await).await;
+        let on_b = json(poll(&c, &b, "lobby", None, 0).await).await;
+        assert_eq!(cursor(&on_a), cursor(&on_b));
+        let (e, v) = cursor(&on_b);
+        let keys: Vec<String> =
+            redis_common::command(&url, redis::cmd("KEYS").arg(format!("{prefix}*"))).await;
+        assert!(keys.is_empty(), "reading a room creates nothing: {keys:?}");
+
+        // Held on B, posted on A.
+        let held = {
+            let (c, url) = (
+                c.clone(),
+                b.url(&format!(
+                    "/rooms/lobby/messages?since={v}&epoch={e}&timeout=10"
+                )),
+            );
+            tokio::spawn(async move { c.get(url).send().await.unwrap() })
+        };
+        let mut stream = Stream::open(&c, &b, "lobby", None).await;
+        stream.events(1).await; // the room's starting point
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let posted = post(&c, &a, "lobby", "alice", "hello from A").await;
+        assert_eq!(posted.status(), 200);
+        let posted: Value = posted.json().await.unwrap();
+        let body = json(held.await.unwrap()).await;
+        assert_eq!(texts(&body), ["hello from A"]);
+        assert_eq!(body["epoch"], posted["epoch"]);
+        // The room's first message starts its sequence in Redis, under a
+        // new epoch: the stream says so, then carries the room as it is.
+        let events = stream.events(3).await;
+        assert_eq!(events[0].kind, "resync", "{events:?}");
+        assert!(events[0].data.contains("other-epoch"), "{events:?}");
+        assert!(events[2].data.contains("hello from A"), "{events:?}");
+
+        // And back, in sequence now.
+        let (e, v) = cursor(&body);
+        let held = {
+            let (c, url) = (
+                c.clone(),
+                a.url(&format!(
+                    "/rooms/lobby/messages?since={v}&epoch={e}&timeout=10"
+                )),
+            );
+            tokio::spawn(async move { c.get(url).send().await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            post(&c, &b, "lobby", "bob", "hi from B").await.status(),
+            200
+        );
+        let body = json(held.await.unwrap()).await;
+        assert_eq!(texts(&body), ["hi from B"]);
+        assert!(body["resync"].is_null(), "{body}");
+        redis_common::delete_prefix(&url, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn bad_room_names_and_rooms_past_the_limit_never_reach_redis() {
+        let Some(url) = redis_common::shared_redis("chat rooms past the limit") else {
+            return;
+        };
+        let prefix = redis_common::unique_prefix("chatmax");
+        let s = instance(
+            &url,
+            &prefix,
+            app::Settings {
+                max_rooms: 1,
+                ..settings(5)
+            },
+        )
+        .await;
+        let c = client();
+        assert_eq!(post(&c, &s, "a", "x", "1").await.status(), 200);
+        for bad in ["Upper", "a%7Bb%7D", "way-too-long-for-a-room-name-here-x"] {
+            assert_eq!(post(&c, &s, bad, "x", "1").await.status(), 400, "{bad}");
+        }
+        let r = post(&c, &s, "b", "x", "1").await;
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "5");
+        assert_eq!(poll(&c, &s, "b", None, 0).await.status(), 503);
+        let keys: Vec<String> =
+            redis_common::command(&url, redis::cmd("KEYS").arg(format!("{prefix}*"))).await;
+        assert_eq!(keys.len(), 1, "one room in Redis: {keys:?}");
+        assert_eq!(post(&c, &s, "a", "x", "2").await.status(), 200);
+        redis_common::delete_prefix(&url, &prefix).await;
     }
 }

@@ -389,9 +389,13 @@ async fn the_history_depth_belongs_to_the_channel_not_to_the_last_publisher() {
     for n in 4..=6 {
         short.publish(n).await.unwrap();
     }
-    let list = deep.key().replacen("state:", "history:", 1);
-    let entries: Vec<String> = cmd(&redis, redis::cmd("LRANGE").arg(&list).arg(0).arg(-1)).await;
-    assert_eq!(entries, ["1 1", "2 2", "3 3", "4 4", "5 5", "6 6"]);
+    // The history is kept in the channel's hash, one field per version
+    // before the current one: 0 to 5 here, with 6 the current value.
+    let fields: Vec<String> = (0..=6).map(|v| format!("h{v}")).collect();
+    let entries: Vec<Option<String>> =
+        cmd(&redis, redis::cmd("HMGET").arg(deep.key()).arg(&fields)).await;
+    let want: Vec<Option<String>> = (0..=5).map(|v| Some(v.to_string())).chain([None]).collect();
+    assert_eq!(entries, want);
     let _ = deep;
 }
 

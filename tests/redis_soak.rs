@@ -265,12 +265,11 @@ async fn run_cmd<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> Optio
     cmd.query_async(&mut conn).await.ok()
 }
 
-/// A channel's keys as they were at some point, to write back later.
+/// A channel's hash (state and history) as it was at some point, to write
+/// back later.
 struct Saved {
     state: String,
     fields: Vec<(String, Vec<u8>)>,
-    history: String,
-    entries: Vec<Vec<u8>>,
 }
 
 async fn save(url: &str, state: &str) -> Option<Saved> {
@@ -278,25 +277,17 @@ async fn save(url: &str, state: &str) -> Option<Saved> {
     if fields.is_empty() {
         return None;
     }
-    let history = state.replacen("state:", "history:", 1);
-    let entries: Vec<Vec<u8>> =
-        run_cmd(url, redis::cmd("LRANGE").arg(&history).arg(0).arg(-1)).await?;
     Some(Saved {
         state: state.to_owned(),
         fields: fields.into_iter().collect(),
-        history,
-        entries,
     })
 }
 
 async fn write_back(url: &str, saved: &Saved) {
     let mut pipe = redis::pipe();
-    pipe.atomic().del(&saved.state).del(&saved.history);
+    pipe.atomic().del(&saved.state);
     for (k, v) in &saved.fields {
         pipe.hset(&saved.state, k, v);
-    }
-    if !saved.entries.is_empty() {
-        pipe.rpush(&saved.history, &saved.entries);
     }
     let client = redis::Client::open(url).unwrap();
     if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
@@ -504,9 +495,9 @@ async fn random_faults_lose_repeat_and_strand_nothing() {
                 "a key of the wrong type"
             }
             8 => {
-                // A message of another program on a channel's Pub/Sub name.
-                let key = &keys[rng.below(CHANNELS as u64) as usize];
-                let name = key.replacen("state:", "", 1);
+                // A message of another program on a channel's Pub/Sub name
+                // (the name of its hash).
+                let name = &keys[rng.below(CHANNELS as u64) as usize];
                 let garbage = [
                     "garbage",
                     "00000000000000ff 1",

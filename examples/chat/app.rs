@@ -11,9 +11,17 @@
 //! | `POST /rooms/{room}/messages` | `name=..&text=..`, form-encoded                             |
 //! | `GET /healthz`                | `200` once the server accepts requests                      |
 //!
-//! A room name is 1 to 32 characters of `a-z`, `0-9`, `-` and `_`. A
-//! message's text is 1 to `max_message_chars` characters, its author's
-//! name at most 32; a request body is at most 16 KiB.
+//! A room name is 1 to 32 characters of `a-z`, `0-9`, `-` and `_`,
+//! checked before anything else (and before Redis); past `max_rooms` a
+//! new room is refused with `503`. A message's text is 1 to
+//! `max_message_chars` characters, its author's name at most 32; a request
+//! body is at most 16 KiB.
+//!
+//! The rooms live in this process ([`Rooms::Local`]), or on a Redis
+//! backplane ([`Rooms::Shared`], feature `redis`), so that several
+//! instances serve every room: a message posted to one reaches the pages
+//! held by all. A room is then read from Redis when it is first used on an
+//! instance, before it is served.
 //!
 //! Every answer is `longpoll::http`'s: a long poll answers with its
 //! envelope (`{"epoch","version","updates":[{"version","data"}],"resync"}`,
@@ -39,7 +47,7 @@ use longpoll::http::{
 };
 use longpoll::keyed::{Keyed, KeyedPublishError, TooManyKeys};
 use longpoll::sse::{event_id, EventStreams, SseConfig};
-use longpoll::Update;
+use longpoll::{Broadcaster, Epoch, Update, Version};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -60,7 +68,36 @@ pub(crate) struct Message {
 
 /// A room's value at each version: the message published at it. A room
 /// starts at version 0 with no message.
-pub(crate) type Entry = Option<Message>;
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Entry(pub(crate) Option<Message>);
+
+/// How a room's value is stored in Redis: `{"name":..,"text":..}`, or
+/// empty for a room's starting point.
+#[cfg(feature = "redis")]
+impl longpoll::redis::Codec for Entry {
+    fn encode(&self) -> Vec<u8> {
+        match &self.0 {
+            Some(m) => json!({ "name": m.name, "text": m.text })
+                .to_string()
+                .into_bytes(),
+            None => Vec::new(),
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, longpoll::redis::DecodeError> {
+        if bytes.is_empty() {
+            return Ok(Entry(None));
+        }
+        let v: Value = serde_json::from_slice(bytes).map_err(longpoll::redis::DecodeError::new)?;
+        match (v["name"].as_str(), v["text"].as_str()) {
+            (Some(name), Some(text)) => Ok(Entry(Some(Message {
+                name: name.to_owned(),
+                text: text.to_owned(),
+            }))),
+            _ => Err(longpoll::redis::DecodeError::new("not a chat message")),
+        }
+    }
+}
 
 /// What the server is configured with.
 #[derive(Debug, Clone)]
@@ -69,8 +106,11 @@ pub(crate) struct Settings {
     pub(crate) history: usize,
     /// Most rooms at once (503 past it).
     pub(crate) max_rooms: usize,
-    /// How long an unused room is kept.
+    /// How long an unused room is kept (on a backplane: on this instance).
     pub(crate) room_idle: Duration,
+    /// On a backplane, how long Redis keeps a room nobody posts to.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) room_ttl: Duration,
     /// The longest message, in characters.
     pub(crate) max_message_chars: usize,
     /// Long-poll timeouts.
@@ -85,6 +125,7 @@ impl Default for Settings {
             history: 100,
             max_rooms: 1000,
             room_idle: Duration::from_secs(600),
+            room_ttl: Duration::from_secs(7 * 24 * 3600),
             max_message_chars: 500,
             poll: PollConfig::new(),
             sse: SseConfig::new(),
@@ -95,28 +136,166 @@ impl Default for Settings {
 /// The most rooms one multi-room poll may name.
 const MAX_POLLED_ROOMS: usize = 8;
 
+/// Where the rooms live.
+#[derive(Clone)]
+pub(crate) enum Rooms {
+    /// In this process.
+    Local(Keyed<String, Entry>),
+    /// On a Redis backplane, shared by every instance.
+    #[cfg(feature = "redis")]
+    Shared(longpoll::redis::KeyedChannels<Entry>),
+}
+
+/// Why a room cannot be served now.
+enum RoomError {
+    /// `max_rooms` is reached.
+    Full(TooManyKeys),
+    /// Redis does not answer, or holds something unusable for the room.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Unavailable(String),
+    /// The server is shutting down.
+    Closed,
+}
+
+impl RoomError {
+    fn response(self) -> Response {
+        match self {
+            RoomError::Full(e) => too_many_rooms(e),
+            RoomError::Unavailable(why) => {
+                unavailable(&format!("the room is unavailable: {why}"), 1)
+            }
+            RoomError::Closed => unavailable("the server is shutting down", 1),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<longpoll::redis::KeyedError> for RoomError {
+    fn from(e: longpoll::redis::KeyedError) -> Self {
+        use longpoll::redis::KeyedError;
+        match e {
+            KeyedError::TooManyKeys(e) => RoomError::Full(e),
+            KeyedError::Backplane(e) if e.is_closed() => RoomError::Closed,
+            other => RoomError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl Rooms {
+    /// The rooms of this process.
+    pub(crate) fn local(settings: &Settings) -> Rooms {
+        Rooms::Local(
+            Keyed::builder()
+                .history(settings.history)
+                .max_keys(settings.max_rooms)
+                .idle_timeout(settings.room_idle)
+                .build(),
+        )
+    }
+
+    /// The rooms of every instance on `backplane`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared(
+        settings: &Settings,
+        backplane: &longpoll::redis::Backplane,
+    ) -> Result<Rooms, longpoll::redis::BackplaneError> {
+        Ok(Rooms::Shared(
+            backplane
+                .keyed("rooms")
+                .history(settings.history)
+                .max_keys(settings.max_rooms)
+                .max_key_len(32)
+                .idle_timeout(settings.room_idle)
+                .ttl(Some(settings.room_ttl))
+                .build()?,
+        ))
+    }
+
+    /// The hub the polls and streams are served from.
+    pub(crate) fn hub(&self) -> &Keyed<String, Entry> {
+        match self {
+            Rooms::Local(hub) => hub,
+            #[cfg(feature = "redis")]
+            Rooms::Shared(shared) => shared.hub(),
+        }
+    }
+
+    /// `room`'s broadcaster, ready to serve: on a backplane, in line with
+    /// Redis (read from it if the room was not live here). Keep it while
+    /// serving the room.
+    async fn room(&self, room: &str) -> Result<Broadcaster<Entry>, RoomError> {
+        match self {
+            Rooms::Local(hub) => hub.broadcaster(room).map_err(RoomError::Full),
+            #[cfg(feature = "redis")]
+            Rooms::Shared(shared) => Ok(shared.broadcaster(room).await?),
+        }
+    }
+
+    /// [`room`](Self::room) for several rooms (read in one batch).
+    async fn rooms<'r>(
+        &self,
+        rooms: impl Iterator<Item = &'r str>,
+    ) -> Result<Vec<Broadcaster<Entry>>, RoomError> {
+        match self {
+            Rooms::Local(hub) => rooms
+                .map(|r| hub.broadcaster(r).map_err(RoomError::Full))
+                .collect(),
+            #[cfg(feature = "redis")]
+            Rooms::Shared(shared) => Ok(shared.load(rooms).await?),
+        }
+    }
+
+    /// Publishes `entry` to `room`: where it landed.
+    async fn publish(&self, room: &str, entry: Entry) -> Result<(Epoch, Version), RoomError> {
+        match self {
+            Rooms::Local(hub) => {
+                let published = hub
+                    .broadcaster(room)
+                    .map_err(KeyedPublishError::from)
+                    .and_then(|b| Ok((b.epoch(), b.notify(entry)?)));
+                match published {
+                    Ok((epoch, version)) => Ok((epoch, version)),
+                    Err(KeyedPublishError::TooManyKeys(e)) => Err(RoomError::Full(e)),
+                    Err(_closed) => Err(RoomError::Closed),
+                }
+            }
+            #[cfg(feature = "redis")]
+            Rooms::Shared(shared) => {
+                if shared.hub().is_closed() {
+                    return Err(RoomError::Closed);
+                }
+                let p = shared.publish(room, entry).await?;
+                Ok((p.epoch, p.version))
+            }
+        }
+    }
+}
+
 /// The server's state: the rooms, their long polls and event streams (one
 /// encoder and one cache of encoded messages for both).
 #[derive(Clone)]
 pub(crate) struct Chat {
-    rooms: Keyed<String, Entry>,
+    rooms: Rooms,
     poll: KeyedPoll<String, Entry>,
     streams: EventStreams<Entry>,
     settings: Arc<Settings>,
 }
 
 impl Chat {
+    /// A chat whose rooms live in this process.
+    #[allow(dead_code)] // the tests use it
     pub(crate) fn new(settings: Settings) -> Self {
-        let rooms = Keyed::builder()
-            .history(settings.history)
-            .max_keys(settings.max_rooms)
-            .idle_timeout(settings.room_idle)
-            .build();
+        let rooms = Rooms::local(&settings);
+        Self::with_rooms(settings, rooms)
+    }
+
+    /// A chat over `rooms`.
+    pub(crate) fn with_rooms(settings: Settings, rooms: Rooms) -> Self {
         let config = KeyedPollConfig::new()
             .poll(settings.poll)
             .max_keys(MAX_POLLED_ROOMS)
             .max_key_len(32);
-        let poll = KeyedPoll::new(rooms.clone(), |u: &Update<Entry>| {
+        let poll = KeyedPoll::new(rooms.hub().clone(), |u: &Update<Entry>| {
             Bytes::from(message_json(u).to_string())
         })
         .with_config(config)
@@ -133,7 +312,7 @@ impl Chat {
     /// The rooms (the tests look inside).
     #[allow(dead_code)]
     pub(crate) fn rooms(&self) -> &Keyed<String, Entry> {
-        &self.rooms
+        self.rooms.hub()
     }
 }
 
@@ -153,7 +332,7 @@ impl axum::extract::FromRef<Chat> for KeyedPollConfig {
 /// `{"version": N, "name": ..., "text": ...}`, or `null` for a room's
 /// starting point.
 fn message_json(u: &Update<Entry>) -> Value {
-    match &**u.value() {
+    match &u.value().0 {
         Some(m) => json!({ "version": u.version().get(), "name": m.name, "text": m.text }),
         None => Value::Null,
     }
@@ -249,6 +428,12 @@ async fn poll(
         Ok(r) => r,
         Err(e) => return IntoResponse::into_response(e),
     };
+    // Held while the poll is served: the room stays live (and, on a
+    // backplane, subscribed and read).
+    let _held = match chat.rooms.room(&room).await {
+        Ok(b) => b,
+        Err(e) => return e.response(),
+    };
     match chat.poll.long_poll(&room) {
         Ok(poll) => poll.serve(request).await.into_response(),
         Err(e) => too_many_rooms(e),
@@ -267,6 +452,12 @@ async fn poll_rooms(
     if let Some(resp) = request.keys().find_map(room_error) {
         return resp;
     }
+    // Held while the poll is served: the rooms stay live (and, on a
+    // backplane, subscribed and read).
+    let _held = match chat.rooms.rooms(request.keys()).await {
+        Ok(held) => held,
+        Err(e) => return e.response(),
+    };
     chat.poll.serve(request).await.into_response()
 }
 
@@ -275,9 +466,9 @@ async fn events(State(chat): State<Chat>, Path(room): Path<String>, req: Request
     if let Some(resp) = room_error(&room) {
         return resp;
     }
-    match chat.rooms.broadcaster(&room) {
+    match chat.rooms.room(&room).await {
         Ok(b) => chat.streams.endpoint(b).handle(req).into_response(),
-        Err(e) => too_many_rooms(e),
+        Err(e) => e.response(),
     }
 }
 
@@ -327,13 +518,8 @@ async fn post(
         name: name.to_string(),
         text: text.to_string(),
     };
-    let published = chat
-        .rooms
-        .broadcaster(&room)
-        .map_err(KeyedPublishError::from)
-        .and_then(|b| Ok((b.notify(Some(message))?, b.epoch())));
-    match published {
-        Ok((version, epoch)) => json_response(
+    match chat.rooms.publish(&room, Entry(Some(message))).await {
+        Ok((epoch, version)) => json_response(
             StatusCode::OK,
             &json!({
                 "version": version.get(),
@@ -341,8 +527,7 @@ async fn post(
                 "id": event_id(epoch, version),
             }),
         ),
-        Err(KeyedPublishError::TooManyKeys(e)) => too_many_rooms(e),
-        Err(_closed) => unavailable("the server is shutting down", 1),
+        Err(e) => e.response(),
     }
 }
 
@@ -354,8 +539,13 @@ pub(crate) async fn serve(
     chat: Chat,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let sweeper = tokio::spawn(chat.rooms.sweeper(chat.settings.room_idle / 2));
-    let rooms = chat.rooms.clone();
+    // A backplane's rooms sweep themselves.
+    let sweeper = match &chat.rooms {
+        Rooms::Local(hub) => Some(tokio::spawn(hub.sweeper(chat.settings.room_idle / 2))),
+        #[cfg(feature = "redis")]
+        Rooms::Shared(_) => None,
+    };
+    let rooms = chat.rooms.hub().clone();
     let app = router(chat);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -366,5 +556,7 @@ pub(crate) async fn serve(
     if let Err(e) = result {
         eprintln!("server error: {e}");
     }
-    sweeper.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
 }

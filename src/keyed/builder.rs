@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::hub::Hub;
+use super::hub::{Hooks, Hub};
 use super::Keyed;
 use crate::sync::Arc;
 use crate::Builder;
@@ -41,6 +41,7 @@ pub struct KeyedBuilder<K, T> {
     shards: Option<usize>,
     configure: Configure<K>,
     init: Option<Init<K, T>>,
+    hooks: Option<Hooks<K, T>>,
 }
 
 impl<K, T> KeyedBuilder<K, T> {
@@ -51,7 +52,15 @@ impl<K, T> KeyedBuilder<K, T> {
             shards: None,
             configure: Box::new(|_| Builder::new()),
             init: None,
+            hooks: None,
         }
+    }
+
+    /// Installs the [`Hooks`].
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn hooks(mut self, hooks: Hooks<K, T>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     /// Refuses to create keys past `n` with [`TooManyKeys`](super::TooManyKeys). Default
@@ -138,6 +147,7 @@ impl<K, T> KeyedBuilder<K, T> {
             self.shards,
             self.configure,
             init,
+            self.hooks,
         )
     }
 
@@ -147,12 +157,13 @@ impl<K, T> KeyedBuilder<K, T> {
         shards: Option<usize>,
         configure: Configure<K>,
         init: Init<K, T>,
+        hooks: Option<Hooks<K, T>>,
     ) -> Keyed<K, T> {
         let n = shards.unwrap_or_else(|| {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             (cpus * 4).clamp(8, 256)
         });
-        let hub = Hub::new(max_keys, idle_timeout, n, configure, init);
+        let hub = Hub::new(max_keys, idle_timeout, n, configure, init, hooks);
         Keyed {
             shared: Arc::new(hub),
         }
@@ -173,6 +184,7 @@ impl<K, T: Default> KeyedBuilder<K, T> {
             self.shards,
             self.configure,
             init,
+            self.hooks,
         )
     }
 }

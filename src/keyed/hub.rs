@@ -51,7 +51,25 @@ pub(crate) struct Hub<K, T> {
     start: Instant,
     configure: Configure<K>,
     init: Init<K, T>,
+    /// Told when a key gets or loses its live broadcaster (the Redis
+    /// backplane's keyed hub listens); `None` for a plain hub.
+    hooks: Option<Hooks<K, T>>,
 }
+
+/// What the Redis backplane's keyed hub (`redis::KeyedChannels`) hears of
+/// the local hub under it: a key got a live broadcaster (created, or
+/// brought back from parked), or its live broadcaster left the map (parked
+/// or removed). Both run outside every lock of the hub, while the
+/// broadcaster in question is still alive; when threads race, the calls
+/// for one key may come in either order, so the listener tells them apart
+/// by broadcaster.
+pub(crate) struct Hooks<K, T> {
+    pub(crate) live: Hook<K, T>,
+    pub(crate) idle: Hook<K, T>,
+}
+
+/// One of the [`Hooks`].
+pub(crate) type Hook<K, T> = Box<dyn Fn(&K, &Broadcaster<T>) + Send + Sync>;
 
 /// One lock's share of the keys.
 type Shard<K, T> = Mutex<HashTable<Entry<K, T>>>;
@@ -138,6 +156,7 @@ impl<K, T> Hub<K, T> {
         shards: usize,
         configure: Configure<K>,
         init: Init<K, T>,
+        hooks: Option<Hooks<K, T>>,
     ) -> Self {
         let n = shards.next_power_of_two();
         Hub {
@@ -152,6 +171,21 @@ impl<K, T> Hub<K, T> {
             start: Instant::now(),
             configure,
             init,
+            hooks,
+        }
+    }
+
+    /// Tells the hooks that `key` got the live broadcaster `b`.
+    fn went_live(&self, key: &K, b: &Broadcaster<T>) {
+        if let Some(hooks) = &self.hooks {
+            (hooks.live)(key, b);
+        }
+    }
+
+    /// Tells the hooks that `b`, live for `key`, left the map.
+    fn went_idle(&self, key: &K, b: &Broadcaster<T>) {
+        if let Some(hooks) = &self.hooks {
+            (hooks.idle)(key, b);
         }
     }
 
@@ -183,6 +217,22 @@ impl<K, T> Hub<K, T> {
         // The top bits: hashbrown uses the low ones for the bucket and the
         // top seven for its tags, below these.
         (hash, &self.shards[(hash >> 32) as usize & self.mask])
+    }
+
+    /// The live broadcaster of `key`, if it has one: never creates, brings
+    /// back or marks the key used.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn live_one<Q>(&self, key: &Q) -> Option<Broadcaster<T>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, shard) = self.locate(key);
+        let map = shard.lock();
+        match map.find(hash, |e| e.key.borrow() == key).map(|e| &e.slot) {
+            Some(Slot::Live(b)) => Some(b.clone()),
+            _ => None,
+        }
     }
 
     /// Every live broadcaster, one shard at a time.
@@ -240,6 +290,7 @@ impl<K: Eq, T> Hub<K, T> {
             Some((key, slot)) => {
                 if let Slot::Live(b) = &slot {
                     b.close();
+                    self.went_idle(&key, b);
                 }
                 drop((key, slot));
                 true
@@ -286,6 +337,7 @@ impl<K: Eq, T> Hub<K, T> {
                                     let parked =
                                         std::mem::replace(&mut entry.slot, Slot::Live(b.clone()));
                                     drop(map);
+                                    self.went_live(&owned, &b);
                                     drop((owned, parked));
                                     return Ok(Some(b));
                                 }
@@ -314,6 +366,9 @@ impl<K: Eq, T> Hub<K, T> {
                             ..
                         } = built.take().expect("checked");
                         self.close_if_closed(&b);
+                        // The hooks get their own copy of the key, made
+                        // outside the lock (like every `to_owned`).
+                        let told = self.hooks.as_ref().map(|_| key.to_owned());
                         let entry = Entry {
                             hash,
                             key: owned,
@@ -325,6 +380,10 @@ impl<K: Eq, T> Hub<K, T> {
                         // The place reserved below is now taken by the key.
                         if let Some(r) = reserved.take() {
                             r.keep();
+                        }
+                        drop(map);
+                        if let Some(told) = told {
+                            self.went_live(&told, &b);
                         }
                         return Ok(Some(b));
                     }
@@ -350,10 +409,15 @@ impl<K: Eq, T> Hub<K, T> {
 
     /// Parks every key not in use, removes those unused for at least the
     /// idle timeout (and closed ones), and returns how many it removed.
-    pub(crate) fn sweep(&self) -> usize {
+    pub(crate) fn sweep(&self) -> usize
+    where
+        K: Clone,
+    {
         let mut removed = 0;
         let mut garbage: Vec<Entry<K, T>> = Vec::new();
-        let mut retired: Vec<Broadcaster<T>> = Vec::new();
+        // The parked broadcasters, with their key if the hooks want it.
+        let mut retired: Vec<(Option<K>, Broadcaster<T>)> = Vec::new();
+        let hooked = self.hooks.is_some();
         for shard in self.shards.iter() {
             let now = self.now();
             let mut map = shard.lock();
@@ -382,7 +446,7 @@ impl<K: Eq, T> Hub<K, T> {
                 // is dropped after the lock is released.
                 let parked = Slot::Parked(b.history().into_boxed_slice());
                 if let Slot::Live(b) = std::mem::replace(&mut entry.slot, parked) {
-                    retired.push(b);
+                    retired.push((hooked.then(|| entry.key.clone()), b));
                 }
                 false
             }));
@@ -394,6 +458,18 @@ impl<K: Eq, T> Hub<K, T> {
             drop(map);
             removed += garbage.len();
             self.len.fetch_sub(garbage.len(), Ordering::Relaxed);
+            if hooked {
+                for (key, b) in &retired {
+                    if let Some(key) = key {
+                        self.went_idle(key, b);
+                    }
+                }
+                for entry in &garbage {
+                    if let Slot::Live(b) = &entry.slot {
+                        self.went_idle(&entry.key, b);
+                    }
+                }
+            }
             garbage.clear();
             retired.clear();
         }

@@ -142,6 +142,8 @@ mod hub;
 mod wait_many;
 
 pub use builder::KeyedBuilder;
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use hub::Hooks;
 use hub::Hub;
 use wait_many::OneOfMany;
 pub use wait_many::{ReadyKeys, WaitMany};
@@ -267,6 +269,17 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         self.shared.obtain(key, false).ok().flatten()
+    }
+
+    /// The live broadcaster of `key`, if it has one: never creates, brings
+    /// back or marks the key used (for the Redis backplane's relay).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn live<Q>(&self, key: &Q) -> Option<Broadcaster<T>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shared.live_one(key)
     }
 
     /// Whether `key` exists now.

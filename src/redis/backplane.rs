@@ -7,15 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{MultiplexedConnection, PubSubSink};
-use ::redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, Script, Value};
+use ::redis::{Client, IntoConnectionInfo, Script};
 use parking_lot::{Mutex, RwLock};
 
-use super::channel::{ChannelBuilder, Relay};
+use super::channel::ChannelBuilder;
+use super::commands::{cluster_client, CommandSlot, Server};
 use super::error::{BackplaneError, Kind};
 use super::keys::SYNC_LUA;
 use super::modify::compose_modify;
-use super::subscription::run;
+use super::relay::Relay;
+use super::shards::Shards;
+use super::subscription::{run, Start, Subscriber};
 use super::{Channel, Codec};
 
 /// A connection to Redis shared by every [`Channel`] of this process.
@@ -43,22 +45,15 @@ impl Drop for Handle {
 
 /// What the handles and the subscription task share.
 pub(super) struct Core {
-    pub(super) client: Client,
+    pub(super) server: Server,
     pub(super) prefix: String,
     pub(super) config: Config,
-    /// The command connection, `None` after it failed.
-    pub(super) command: Arc<Mutex<Option<MultiplexedConnection>>>,
-    /// The opening of a command connection in progress, if any: a burst of
-    /// publishes after an outage opens one, not one each. It runs in a task
-    /// of its own, so that a caller that stops polling holds nobody up.
-    pub(super) connecting: Arc<Mutex<Option<Connecting>>>,
+    /// The command connection.
+    pub(super) command: CommandSlot,
     /// Every open channel, by Pub/Sub channel name.
     pub(super) channels: RwLock<HashMap<String, Arc<dyn Relay>>>,
-    /// The live subscription's command half, `None` while reconnecting.
-    /// Held across "add a channel and subscribe to it" and across "subscribe
-    /// to every channel and publish the sink", so that no channel is missed
-    /// by both.
-    pub(super) subscription: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// The subscription side: one connection, or one per master.
+    pub(super) subscriber: Subscriber,
     /// Subscribed and caught up.
     pub(super) connected: AtomicBool,
     /// Set when the last handle is gone: retry loops of resyncs stop.
@@ -132,9 +127,16 @@ pub(super) struct Config {
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until `connect` is called"]
 pub struct Builder {
-    url: String,
+    target: Target,
     prefix: String,
     config: Config,
+}
+
+/// Where a [`Builder`] connects.
+#[derive(Clone, Debug)]
+enum Target {
+    Single(String),
+    Cluster(Vec<String>),
 }
 
 impl Builder {
@@ -220,17 +222,41 @@ impl Builder {
     ///
     /// Outside a tokio runtime.
     pub async fn connect(self) -> Result<Backplane, BackplaneError> {
-        let client =
-            Client::open(self.url.as_str()).map_err(|e| BackplaneError::new(Kind::Config, e))?;
+        super::keys::check_name(&self.prefix, "x")
+            .map_err(|e| BackplaneError::new(Kind::Config, e))?;
+        let (server, subscriber, cluster) = match &self.target {
+            Target::Single(url) => {
+                let client =
+                    Client::open(url.as_str()).map_err(|e| BackplaneError::new(Kind::Config, e))?;
+                let subscriber = Subscriber::Single(tokio::sync::Mutex::new(None));
+                (Server::Single(Box::new(client)), subscriber, None)
+            }
+            Target::Cluster(seeds) => {
+                if seeds.is_empty() {
+                    return Err(BackplaneError::new(Kind::Config, "no cluster seed given"));
+                }
+                let infos = seeds
+                    .iter()
+                    .map(|s| s.as_str().into_connection_info())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| BackplaneError::new(Kind::Config, e))?;
+                let client = cluster_client(seeds, &self.config)?;
+                let (shards, events) = Shards::new(infos);
+                (
+                    Server::Cluster(Box::new(client)),
+                    Subscriber::Cluster(Box::new(shards)),
+                    Some(events),
+                )
+            }
+        };
         let publish_body = compose_modify("return ARGV[1]", false);
         let core = Arc::new(Core {
-            client,
+            server,
             prefix: self.prefix,
             config: self.config,
-            command: Arc::default(),
-            connecting: Arc::default(),
+            command: CommandSlot::default(),
             channels: RwLock::new(HashMap::new()),
-            subscription: tokio::sync::Mutex::new(None),
+            subscriber,
             connected: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             stats: Counters::default(),
@@ -239,8 +265,20 @@ impl Builder {
             publish_script: Script::new(&publish_body),
         });
         core.command().await?;
-        let first = core.open_subscription().await?;
-        let task = tokio::spawn(run(Arc::clone(&core), Some(first))).abort_handle();
+        let start = match cluster {
+            None => {
+                let (sink, stream) = core.open_subscription().await?;
+                Start::Single(sink, stream)
+            }
+            Some(events) => {
+                let Subscriber::Cluster(shards) = &core.subscriber else {
+                    unreachable!("built above");
+                };
+                shards.refresh(&core.config).await?;
+                Start::Cluster(events)
+            }
+        };
+        let task = tokio::spawn(run(Arc::clone(&core), start)).abort_handle();
         Ok(Backplane {
             shared: Arc::new(Handle { core, task }),
         })
@@ -250,8 +288,29 @@ impl Builder {
 impl Backplane {
     /// A [`Builder`] for the Redis at `url` (`redis://[:password@]host:port/[db]`).
     pub fn builder(url: impl Into<String>) -> Builder {
+        Self::builder_for(Target::Single(url.into()))
+    }
+
+    /// A [`Builder`] for the Redis Cluster that these seed nodes belong to
+    /// (`redis://[:password@]host:port/` each; one reachable seed is
+    /// enough, the others are tried when it is not).
+    ///
+    /// On a cluster every key of a channel carries its hash tag, so that
+    /// the scripts run on the shard that owns the channel's slot; updates
+    /// travel by sharded Pub/Sub (`SPUBLISH`, `SSUBSCRIBE`, Redis 7.0+), on
+    /// one subscription connection per master, which follow slot moves and
+    /// failovers (see the [module documentation](super#redis-cluster)).
+    pub fn cluster<I, S>(seeds: I) -> Builder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::builder_for(Target::Cluster(seeds.into_iter().map(Into::into).collect()))
+    }
+
+    fn builder_for(target: Target) -> Builder {
         Builder {
-            url: url.into(),
+            target,
             prefix: String::from("longpoll:"),
             config: Config {
                 connect_timeout: Duration::from_secs(1),
@@ -296,6 +355,7 @@ impl Backplane {
             history: 1,
             max_waiters: None,
             once_ttl: super::channel::ONCE_TTL,
+            ttl: None,
         }
     }
 
@@ -313,15 +373,24 @@ impl Backplane {
 
     /// How many times the subscription was lost since [`connect`](Self::connect).
     pub fn reconnects(&self) -> u64 {
-        self.shared.core.stats.reconnects.load(Ordering::Relaxed)
+        self.stats().reconnects
+    }
+
+    /// Whether this backplane talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.shared.core.server.is_cluster()
     }
 
     /// The counters of what this backplane went through (see [`Stats`]).
     pub fn stats(&self) -> Stats {
         let c = &self.shared.core.stats;
         let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let lost = match &self.shared.core.subscriber {
+            Subscriber::Cluster(shards) => shards.lost(),
+            Subscriber::Single(_) => 0,
+        };
         Stats {
-            reconnects: get(&c.reconnects),
+            reconnects: get(&c.reconnects) + lost,
             resyncs: get(&c.resyncs),
             restarts: get(&c.restarts),
             rejected: get(&c.rejected),
@@ -346,151 +415,5 @@ impl fmt::Debug for Backplane {
             .field("channels", &self.shared.core.channels.read().len())
             .field("reconnects", &self.reconnects())
             .finish_non_exhaustive()
-    }
-}
-
-impl Core {
-    /// The command connection, opened if needed.
-    pub(super) async fn command(&self) -> Result<MultiplexedConnection, BackplaneError> {
-        if let Some(conn) = self.command.lock().clone() {
-            return Ok(conn);
-        }
-        let mut opened = {
-            let mut connecting = self.connecting.lock();
-            if let Some(conn) = self.command.lock().clone() {
-                return Ok(conn);
-            }
-            match &*connecting {
-                Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = tokio::sync::watch::channel(None);
-                    *connecting = Some(rx.clone());
-                    let (client, config) = (self.client.clone(), self.config.clone());
-                    let (command, connecting) =
-                        (Arc::clone(&self.command), Arc::clone(&self.connecting));
-                    tokio::spawn(async move {
-                        let opened = open_command(&client, &config).await.map_err(Arc::new);
-                        if let Ok(conn) = &opened {
-                            *command.lock() = Some(conn.clone());
-                        }
-                        *connecting.lock() = None;
-                        let _ = tx.send(Some(opened));
-                    });
-                    rx
-                }
-            }
-        };
-        let Ok(opened) = opened.wait_for(Option::is_some).await else {
-            return Err(BackplaneError::new(
-                Kind::Unavailable,
-                "connecting was cut short",
-            ));
-        };
-        match opened.as_ref().expect("waited for a result") {
-            Ok(conn) => Ok(conn.clone()),
-            Err(e) => Err(BackplaneError::shared(e)),
-        }
-    }
-
-    /// Drops the command connection after it failed as unavailable, so
-    /// that the next command opens a new one.
-    fn check_command(&self, e: ::redis::RedisError) -> BackplaneError {
-        let e = BackplaneError::from_redis(e);
-        if e.is_unavailable() {
-            self.command.lock().take();
-        }
-        e
-    }
-
-    /// Runs `call` of `script` on the command connection, loading the
-    /// script first if Redis does not know it.
-    pub(super) async fn run_script(
-        &self,
-        script: &Script,
-        call: &ScriptCall,
-    ) -> Result<Value, BackplaneError> {
-        let mut conn = self.command().await?;
-        let cmd = call.cmd(script);
-        match cmd.query_async::<Value>(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e)
-                if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
-            {
-                script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|e| self.check_command(e))?;
-                cmd.query_async::<Value>(&mut conn)
-                    .await
-                    .map_err(|e| self.check_command(e))
-            }
-            Err(e) => Err(self.check_command(e)),
-        }
-    }
-
-    /// Sends `pipe` in one go and returns each command's own result: one
-    /// command's error does not fail the others. Fails as a whole only if
-    /// the connection does.
-    pub(super) async fn run_pipeline(
-        &self,
-        pipe: &mut Pipeline,
-    ) -> Result<Vec<Result<Value, BackplaneError>>, BackplaneError> {
-        let mut conn = self.command().await?;
-        let replies: Vec<::redis::RedisResult<Value>> = pipe
-            .ignore_errors()
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.check_command(e))?;
-        Ok(replies
-            .into_iter()
-            .map(|r| r.map_err(BackplaneError::from_redis))
-            .collect())
-    }
-}
-
-/// Opens a command connection.
-async fn open_command(
-    client: &Client,
-    config: &Config,
-) -> Result<MultiplexedConnection, BackplaneError> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.command_timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(BackplaneError::from_redis)
-}
-
-/// The result of opening a command connection, for every caller waiting.
-pub(super) type Connecting =
-    tokio::sync::watch::Receiver<Option<Result<MultiplexedConnection, Arc<BackplaneError>>>>;
-
-/// The keys and arguments of one script call (`EVALSHA`).
-#[derive(Default)]
-pub(super) struct ScriptCall {
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
-}
-
-impl ScriptCall {
-    pub(super) fn key(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.keys.push(key.as_ref().to_vec());
-        self
-    }
-
-    pub(super) fn arg(&mut self, arg: impl AsRef<[u8]>) -> &mut Self {
-        self.args.push(arg.as_ref().to_vec());
-        self
-    }
-
-    pub(super) fn cmd(&self, script: &Script) -> Cmd {
-        let mut cmd = ::redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash())
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
-        cmd
     }
 }

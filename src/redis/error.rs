@@ -76,13 +76,18 @@ impl BackplaneError {
             || err.is_unrecoverable_error()
             || matches!(
                 err.kind(),
-                ErrorKind::Server(
-                    ServerErrorKind::BusyLoading
-                        | ServerErrorKind::TryAgain
-                        | ServerErrorKind::MasterDown
-                        | ServerErrorKind::ClusterDown
-                        | ServerErrorKind::ReadOnly
-                )
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::MasterDown
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::ReadOnly
+                            // A cluster reshaping (a failover, a slot
+                            // moving) faster than the client followed.
+                            | ServerErrorKind::Moved
+                            | ServerErrorKind::Ask
+                    )
             );
         let kind = if unavailable {
             Kind::Unavailable

@@ -18,29 +18,52 @@ pub(super) const MODIFY_LUA: &str = include_str!("modify.lua");
 pub(super) const SNIPPET_ERROR: &str = "LONGPOLL_SNIPPET";
 
 /// The Redis names of one channel. Every key of a channel is built here,
-/// from the prefix and the name, so that they can be placed together (in
-/// one hash slot) by changing this type alone.
+/// from the prefix and the name, and carries the same hash tag (`{name}`),
+/// so that a Redis Cluster keeps them in one slot, where the scripts that
+/// touch them together can run.
 #[derive(Debug)]
 pub(super) struct Keys {
-    /// The state hash: epoch, version, value, keep.
+    /// The channel's hash (`P{name}`): epoch, version, value, keep, and the
+    /// history as `h<version>` fields. Also the Pub/Sub channel's name.
     pub(super) state: String,
-    /// The history list: `"<version> <value>"` entries, oldest first.
-    pub(super) history: String,
-    /// The Pub/Sub channel.
-    pub(super) channel: String,
-    /// The start of every idempotency key of the channel.
+    /// The start of every idempotency key of the channel (`P{name}:once:`).
     once: String,
 }
 
+/// The longest channel name (bytes): a name is part of every key and
+/// message of its channel.
+pub(crate) const MAX_NAME_LEN: usize = 1024;
+
+/// Why a prefix or channel name cannot be used.
+pub(super) fn check_name(prefix: &str, name: &str) -> Result<(), String> {
+    if prefix.contains(['{', '}']) {
+        return Err(format!(
+            "the key prefix {prefix:?} contains a brace: braces are kept for the hash tag"
+        ));
+    }
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains(['{', '}']) {
+        return Err(format!(
+            "channel name {:?} is not 1 to {MAX_NAME_LEN} bytes without braces",
+            name.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 impl Keys {
+    /// The names of channel `name`; `check_name` must accept both.
     pub(super) fn new(prefix: &str, name: &str) -> Self {
+        debug_assert!(check_name(prefix, name).is_ok());
+        let state = format!("{prefix}{{{name}}}");
         Keys {
-            state: format!("{prefix}state:{name}"),
-            history: format!("{prefix}history:{name}"),
-            channel: format!("{prefix}{name}"),
-            // The name's length keeps `("a", "b:c")` and `("a:b", "c")` apart.
-            once: format!("{prefix}once:{}:{name}:", name.len()),
+            once: format!("{state}:once:"),
+            state,
         }
+    }
+
+    /// The Pub/Sub channel: the hash's name, in the same slot.
+    pub(super) fn channel(&self) -> &str {
+        &self.state
     }
 
     /// The key that remembers the publish with idempotency key `id`.
@@ -150,11 +173,16 @@ pub(super) fn split_entry(entry: &[u8]) -> Option<(Version, &[u8])> {
     Some((version, &entry[space + 1..]))
 }
 
-/// The reply of `sync.lua`. History entries that do not parse, or that do
-/// not rise strictly below the state's version, are left out: the versions
-/// they held then count as lost, which the broadcaster reports as a lag.
-pub(super) fn parse_snapshot(reply: Value) -> Result<Snapshot, DecodeError> {
-    let mut items = array(reply, "channel state")?.into_iter();
+/// The reply of `sync.lua`: `None` for a missing state it did not create.
+/// History entries that do not parse, or that do not rise strictly below
+/// the state's version, are left out: the versions they held then count as
+/// lost, which the broadcaster reports as a lag.
+pub(super) fn parse_snapshot(reply: Value) -> Result<Option<Snapshot>, DecodeError> {
+    let items = array(reply, "channel state")?;
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut items = items.into_iter();
     let (Some(epoch), Some(version), Some(value), Some(entries), None) = (
         items.next(),
         items.next(),
@@ -181,12 +209,12 @@ pub(super) fn parse_snapshot(reply: Value) -> Result<Snapshot, DecodeError> {
             kept.push((v, value.to_vec()));
         }
     }
-    Ok(Snapshot {
+    Ok(Some(Snapshot {
         epoch,
         version,
         value,
         entries: kept,
-    })
+    }))
 }
 
 /// The reply of `modify.lua`.
@@ -240,13 +268,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_of_different_names_never_collide() {
-        let a = Keys::new("p:", "a");
-        let b = Keys::new("p:", "history:a");
-        assert_ne!(a.history, b.state);
-        assert_ne!(a.state, b.history);
+    fn keys_of_different_names_never_collide_and_share_their_tag() {
+        let (a, b) = (Keys::new("p:", "a"), Keys::new("p:", "a:once:x"));
+        assert_eq!(a.state, "p:{a}");
+        assert_ne!(a.once(b"x"), b.state.as_bytes());
         let (c, d) = (Keys::new("p:", "a"), Keys::new("p:", "a:b"));
         assert_ne!(c.once(b"b:c"), d.once(b"c"));
+        // Every key of a channel hashes by `{name}` alone.
+        assert!(c.once(b"id").starts_with(b"p:{a}"));
+        assert_eq!(c.channel(), c.state);
+    }
+
+    #[test]
+    fn names_with_braces_or_out_of_bounds_are_refused() {
+        assert!(check_name("p:", "room-1").is_ok());
+        assert!(check_name("p{", "a").is_err());
+        assert!(check_name("p:", "").is_err());
+        assert!(check_name("p:", "a}b").is_err());
+        assert!(check_name("p:", "{a").is_err());
+        assert!(check_name("p:", &"x".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert!(check_name("p:", &"é".repeat(MAX_NAME_LEN)).is_err());
     }
 
     #[test]
@@ -280,7 +321,7 @@ mod tests {
                 s("12 twelve"),
             ]),
         ]);
-        let snap = parse_snapshot(reply).unwrap();
+        let snap = parse_snapshot(reply).unwrap().unwrap();
         assert_eq!(snap.version, Version::new(9));
         let versions: Vec<u64> = snap.entries.iter().map(|(v, _)| v.get()).collect();
         assert_eq!(versions, [5, 7]);

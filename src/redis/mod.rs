@@ -41,23 +41,67 @@
 //!
 //! # What lives where
 //!
-//! For a channel `name` under the key prefix `P` (default `longpoll:`):
+//! For a channel `name` under the key prefix `P` (default `longpoll:`),
+//! every key carries the hash tag `{name}`, so that on a Redis Cluster
+//! they all live in one slot, on one shard:
 //!
-//! | key or channel          | holds                                                      |
-//! |-------------------------|------------------------------------------------------------|
-//! | `Pstate:name` (hash)    | `epoch` (16 hex digits), `version` (integer), `value` (bytes, see [`Codec`]), `keep` (the history depth) |
-//! | `Phistory:name` (list)  | the last `keep` updates as `"<version> <value>"`, when `keep > 1` |
-//! | `Ponce:<len>:name:<id>` | the epoch and version of a [`Channel::publish_once`], for [`ChannelBuilder::remember_publishes`] |
-//! | Pub/Sub channel `Pname` | every update as `"<epoch> <version> <value>"`              |
+//! | key or channel              | holds                                                      |
+//! |-----------------------------|------------------------------------------------------------|
+//! | `P{name}` (hash)            | `epoch` (16 hex digits), `version` (integer), `value` (bytes, see [`Codec`]), `keep` (the history depth), and one field `h<version>` per retained update before the current one |
+//! | `P{name}:once:<id>`         | the epoch and version of a [`Channel::publish_once`], for [`ChannelBuilder::remember_publishes`] |
+//! | Pub/Sub channel `P{name}`   | every update as `"<epoch> <version> <value>"` (sharded Pub/Sub on a cluster) |
 //!
+//! Names and prefixes hold no brace (`{`, `}`): they are the hash tag's.
 //! `keep` belongs to the channel: the largest [`ChannelBuilder::history`]
-//! any instance opened it with, whichever instance publishes.
+//! any instance opened it with, whichever instance publishes. One hash per
+//! channel is one time to live ([`ChannelBuilder::ttl`]) and one unit that
+//! moves when a slot does.
 //!
 //! A publish is one Lua script: it bumps the version, stores the value,
-//! trims the history and `PUBLISH`es, atomically, and returns the new
+//! keeps the one it replaces as history (and drops the oldest), sets the
+//! time to live again and publishes, atomically, and returns the new
 //! version. Every instance holds one subscription connection for all its
-//! channels and one multiplexed connection for commands; a held long poll
-//! costs Redis nothing.
+//! channels (one per master on a cluster) and one connection for commands;
+//! a held long poll costs Redis nothing.
+//!
+//! # Many keys: [`KeyedChannels`]
+//!
+//! [`Backplane::keyed`] builds a keyed hub (one broadcaster per key, as
+//! [`Keyed`](crate::keyed::Keyed)) whose keys are channels of the
+//! backplane: a chat's rooms, a user's notifications, a document. A key is
+//! subscribed on an instance only while it is live there (in use, or used
+//! recently): its first use subscribes it and reads its state and history
+//! from Redis, in a batch with the other keys that came live meanwhile
+//! (one `SUBSCRIBE` of up to 10 000 channels, or one pipeline of
+//! `SSUBSCRIBE` per master, then one pipeline of reads); only that key's
+//! waiters wait for it. When the local sweep parks or removes the key, it
+//! is unsubscribed, in batches too. Reading a key never creates anything in
+//! Redis: a key that Redis does not hold is at its *absent* state (version
+//! 0 of an epoch derived from its name, the hub's initial value), the same
+//! on every instance, and the first publish creates it under a new epoch.
+//! Keys carry a time to live (a day by default), set again by every
+//! publish, so that abandoned keys stop costing memory; a key that expired
+//! is a new epoch for clients holding old cursors, never a silent reuse of
+//! versions. [`KeyedChannelsBuilder::max_keys`] refuses a new key with a
+//! typed error before anything reaches Redis.
+//!
+//! # Redis Cluster
+//!
+//! [`Backplane::cluster`] takes the cluster's seed nodes. Commands go
+//! through the `redis` crate's cluster connection, which follows `MOVED`
+//! and `ASK` (with explicit retries and timeouts); when a request fails as
+//! unavailable the connection is replaced, since one can get stuck for
+//! good after a master is killed under load. Updates travel by sharded
+//! Pub/Sub: the scripts run on the shard that owns the channel's slot and
+//! `SPUBLISH` there; each instance subscribes with `SSUBSCRIBE` on one
+//! connection per master that carries nothing else, with its own slot map
+//! (`CLUSTER SHARDS`), because a subscription push is taken as the reply
+//! to a command in flight on its connection. A channel goes back to being
+//! placed, and is read again, when the server unsubscribes it (its slot
+//! moved), when its master's connection is lost (a failover: placed on the
+//! promoted replica once the cluster names it), when a subscribe is not
+//! confirmed, or when the slot map (read again at every ping) names
+//! another owner.
 //!
 //! # Recovery
 //!
@@ -125,7 +169,9 @@
 //!
 //! What the tests on a private server show (`tests/redis_recovery.rs`, and
 //! `tests/redis_soak.rs`, which injects all of these at random under load
-//! and checks every waiter's sequence and every instance's final state):
+//! and checks every waiter's sequence and every instance's final state),
+//! and on a private cluster (`tests/redis_cluster_backplane.rs`,
+//! `tests/redis_keyed_cluster.rs`):
 //!
 //! | incident                                          | what clients see                                    |
 //! |---------------------------------------------------|-----------------------------------------------------|
@@ -135,6 +181,9 @@
 //! | a key of another type, a value that does not decode | that channel's polls answer `503` until it is fixed |
 //! | Redis slower than the command timeout             | publishes fail as unavailable (retry with `publish_once`); waits go on |
 //! | a Pub/Sub message lost                            | the update, up to one check interval late           |
+//! | a cluster master killed (its replica promoted)    | that shard's publishes fail as unavailable for about the failover's time, then every update, late; writes the replica had not received are a new epoch |
+//! | a slot moved to another master                    | nothing: every update, a moment late               |
+//! | a key that expired (its time to live)             | one `OtherEpoch` resync, from the absent state      |
 //!
 //! At worst an explicit resync, never a silently wrong value, with one
 //! limit: a restore behind is seen by an instance that saw the lost
@@ -148,12 +197,13 @@
 //! # What it costs Redis
 //!
 //! Per instance: two connections (commands and subscription), whatever the
-//! number of channels and waiters, a `PING` every 5 seconds, and every 40
+//! number of channels and waiters (on a cluster: the cluster connection,
+//! which holds one per node, and one subscription connection per master), a `PING` every 5 seconds, and every 40
 //! seconds one pipelined `HMGET` per channel that has local waiters. Per
 //! publish: one round trip (`EVALSHA`; inside the script `HMGET`,
-//! `HINCRBY`, `HSET`, `RPUSH` and `LTRIM` with a history, a `GET` and a
-//! `SET` with an idempotency key, and one `PUBLISH`, delivered once to
-//! every subscribed instance). Per held long poll: nothing. Per channel
+//! `HINCRBY`, `HSET`, `HSET` and `HDEL` of history fields with a history,
+//! `PEXPIRE` with a time to live, a `GET` and a `SET` with an idempotency
+//! key, and one `PUBLISH`, delivered once to every subscribed instance). Per held long poll: nothing. Per channel
 //! opened: one `SUBSCRIBE` and two `EVALSHA`; after a reconnect, one
 //! `SUBSCRIBE` for all channels and one pipeline of one `EVALSHA` per
 //! channel, which returns only what the instance missed.
@@ -166,25 +216,36 @@
 //!
 //! # Limits
 //!
-//! One Redis server (tested with 7.0), or a primary with replicas, is
-//! assumed, not Redis Cluster. The local waiters of an instance only hear
-//! of changes made through the backplane: do not publish on a channel's
-//! broadcaster directly. An opened channel stays subscribed for as long as
-//! its backplane lives, so open a bounded set of them. Redis must not evict
-//! the keys (`maxmemory-policy noeviction`, the default); if it does, the
-//! channel restarts under a new epoch.
+//! One Redis server (tested with 7.0), a primary with replicas, or a Redis
+//! Cluster (7.0+, for sharded Pub/Sub; tested with three masters and three
+//! replicas). The local waiters of an instance only hear of changes made
+//! through the backplane: do not publish on a channel's broadcaster
+//! directly. An opened [`Channel`] stays subscribed for as long as its
+//! backplane lives, so open a bounded set of them; for topics that come
+//! and go, use [`KeyedChannels`]. Redis must not evict the keys
+//! (`maxmemory-policy noeviction`, the default); if it does, the channel
+//! restarts under a new epoch. On a cluster, a [`ModifyScript`]'s own keys
+//! must carry the channel's [hash tag](Channel::hash_tag), and the cluster
+//! client retries a request whose connection dropped, which may then run
+//! twice: make such publishes idempotent with [`Channel::publish_once`].
 
 mod backplane;
 mod channel;
 mod codec;
+mod commands;
 mod error;
+mod keyed;
 mod keys;
 mod modify;
 mod recovery;
+mod relay;
+mod shards;
+mod slots;
 mod subscription;
 
 pub use backplane::{Backplane, Builder, Stats};
 pub use channel::{Channel, ChannelBuilder};
 pub use codec::{Codec, DecodeError};
 pub use error::BackplaneError;
+pub use keyed::{KeyedChannels, KeyedChannelsBuilder, KeyedError, Published};
 pub use modify::{Modified, Modify, ModifyScript};

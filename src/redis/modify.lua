@@ -1,11 +1,11 @@
 -- One publish, as one atomic step: read the channel's value, let `modify`
 -- (defined above this text) compute the next one and, if it did, bump the
--- version, store the value, append it to the history and PUBLISH it.
+-- version, store the value, keep the one it replaces as history, refresh
+-- the time to live and publish it.
 --
--- KEYS[1]    the state hash: epoch, version, value, keep
--- KEYS[2]    the history list: "<version> <value>" entries, oldest first
--- KEYS[3]    the publish's idempotency key (KEYS[1] again if it has none)
--- KEYS[4..]  the caller's keys, handed to `modify` as its KEYS
+-- KEYS[1]    the channel's hash: epoch, version, value, keep, h<version>...
+-- KEYS[2]    the publish's idempotency key (KEYS[1] again if it has none)
+-- KEYS[3..]  the caller's keys, handed to `modify` as its KEYS
 -- ARGV[1]    a fresh epoch, used if the sequence must start again
 -- ARGV[2]    the initial value, used if the state is missing
 -- ARGV[3]    how many updates the caller's history keeps
@@ -14,7 +14,10 @@
 -- ARGV[6]    the version the caller holds
 -- ARGV[7]    epochs the caller left, space-separated ('' if none)
 -- ARGV[8]    how long to remember the idempotency key, in ms ('0': none)
--- ARGV[9..]  the caller's arguments, handed to `modify` as its ARGV
+-- ARGV[9]    the publish command: PUBLISH, or SPUBLISH on a cluster
+-- ARGV[10]   the channel's time to live, in ms, set again by every publish
+--            ('0': none)
+-- ARGV[11..] the caller's arguments, handed to `modify` as its ARGV
 --
 -- Returns {epoch, version, value, changed, note}: `changed` is 1 if a new
 -- version was published, 2 if the idempotency key was seen (nothing done;
@@ -22,8 +25,9 @@
 -- 0 otherwise; `value` is the value now stored ('' after a change unless
 -- `echo`); `note` is modify's second result ('' if none). An error raised by
 -- `modify` comes back prefixed with LONGPOLL_SNIPPET.
-local state_key, history_key, once_key = KEYS[1], KEYS[2], KEYS[3]
-local channel, once_ms = ARGV[4], tonumber(ARGV[8])
+local key, once_key = KEYS[1], KEYS[2]
+local channel, once_ms, publish = ARGV[4], tonumber(ARGV[8]), ARGV[9]
+local ttl = tonumber(ARGV[10])
 local retired = ' ' .. ARGV[7] .. ' '
 
 if once_ms > 0 then
@@ -34,15 +38,31 @@ if once_ms > 0 then
   end
 end
 
-local state = redis.call('HMGET', state_key, 'epoch', 'version', 'value', 'keep')
+-- Deletes every history field (after a new epoch), a thousand at a time.
+local function drop_history()
+  local old = {}
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, 1) == 'h' then
+      old[#old + 1] = field
+      if #old == 1000 then
+        redis.call('HDEL', key, unpack(old))
+        old = {}
+      end
+    end
+  end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+end
+
+local state = redis.call('HMGET', key, 'epoch', 'version', 'value', 'keep')
 local epoch, version, value = state[1], state[2], state[3] or ''
 local restarted = false
 if not epoch then
-  -- Never created, or lost (a restart without persistence, an eviction):
-  -- start a new epoch, so that no client waits on the lost sequence.
+  -- Never created, expired, or lost (a restart without persistence, an
+  -- eviction): start a new epoch, so that no client waits on the lost
+  -- sequence.
   epoch, version, value = ARGV[1], '0', ARGV[2]
-  redis.call('HSET', state_key, 'epoch', epoch, 'version', version, 'value', value)
-  redis.call('DEL', history_key)
+  drop_history()
+  redis.call('HSET', key, 'epoch', epoch, 'version', version, 'value', value)
   restarted = true
 else
   local n = tonumber(version)
@@ -54,15 +74,15 @@ else
     -- Behind what the caller already saw (see sync.lua): a new epoch
     -- before this publish, so that no version carries two values.
     epoch = ARGV[1]
-    redis.call('HSET', state_key, 'epoch', epoch)
-    redis.call('DEL', history_key)
+    redis.call('HSET', key, 'epoch', epoch)
+    drop_history()
     restarted = true
   end
 end
 
 local keys, argv = {}, {}
-for i = 4, #KEYS do keys[#keys + 1] = KEYS[i] end
-for i = 9, #ARGV do argv[#argv + 1] = ARGV[i] end
+for i = 3, #KEYS do keys[#keys + 1] = KEYS[i] end
+for i = 11, #ARGV do argv[#argv + 1] = ARGV[i] end
 local ok, new, note = pcall(modify, value, keys, argv)
 if not ok then
   local message = new
@@ -72,24 +92,31 @@ end
 if note == nil or note == false then note = '' else note = tostring(note) end
 if new == nil or new == false then
   if restarted then
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
     -- Tell the other instances about the new epoch.
-    redis.call('PUBLISH', channel, epoch .. ' ' .. version .. ' ' .. value)
+    redis.call(publish, channel, epoch .. ' ' .. version .. ' ' .. value)
   end
   return {epoch, version, value, 0, note}
 end
 
 new = tostring(new)
-version = string.format('%d', redis.call('HINCRBY', state_key, 'version', 1))
-redis.call('HSET', state_key, 'value', new)
+local previous = tonumber(version)
+version = string.format('%d', redis.call('HINCRBY', key, 'version', 1))
+redis.call('HSET', key, 'value', new)
 -- The history depth is the channel's: the largest any instance asked for.
+-- The value replaced becomes history; the one that falls out is deleted.
 local keep = math.max(tonumber(state[4]) or 1, tonumber(ARGV[3]))
+if keep > (tonumber(state[4]) or 1) then redis.call('HSET', key, 'keep', keep) end
 if keep > 1 then
-  redis.call('RPUSH', history_key, version .. ' ' .. new)
-  redis.call('LTRIM', history_key, -keep, -1)
+  redis.call('HSET', key, string.format('h%d', previous), value)
+  if previous + 1 - keep >= 0 then
+    redis.call('HDEL', key, string.format('h%d', previous + 1 - keep))
+  end
 end
+if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
 if once_ms > 0 then
   redis.call('SET', once_key, epoch .. ' ' .. version, 'PX', once_ms)
 end
-redis.call('PUBLISH', channel, epoch .. ' ' .. version .. ' ' .. new)
+redis.call(publish, channel, epoch .. ' ' .. version .. ' ' .. new)
 if not echo then new = '' end
 return {epoch, version, new, 1, note}

@@ -135,7 +135,7 @@ impl<T: Codec + Send + Sync + 'static> Modify<'_, T> {
         let channel = self.channel;
         let inner = &channel.inner;
         let core = &channel.backplane.shared.core;
-        let mut call = inner.modify_call(self.once.as_deref(), &self.keys)?;
+        let mut call = inner.modify_call(core, self.once.as_deref(), &self.keys)?;
         for arg in &self.args {
             call.arg(arg);
         }

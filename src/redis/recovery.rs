@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use ::redis::Value;
 
-use super::backplane::{Core, ScriptCall};
-use super::channel::Relay;
+use super::backplane::Core;
+use super::commands::ScriptCall;
 use super::error::BackplaneError;
-use super::keys::{parse_probe, parse_snapshot, Keys, Snapshot};
+use super::keys::{parse_probe, parse_snapshot, Keys, Snapshot, SYNC_LUA};
+use super::relay::Relay;
 use super::subscription::jitter;
 use crate::{Epoch, Version};
 
@@ -21,46 +22,43 @@ const RESYNC_RETRIES: u32 = 8;
 
 impl Core {
     /// The `sync.lua` call for a channel: `held` is the position this
-    /// instance holds (`None` when opening), `want` the most history
-    /// entries to return.
-    fn sync_call(
+    /// instance holds (`None` when opening); `create` the time to live of
+    /// a state created if missing (`None`: a missing state is read as
+    /// missing, and nothing is written).
+    pub(super) fn sync_call(
         &self,
         keys: &Keys,
         initial: &[u8],
         history: usize,
         held: Option<(Epoch, Version)>,
         retired: String,
+        create: Option<Option<std::time::Duration>>,
     ) -> ScriptCall {
         let (held_epoch, held_version) = match held {
             Some((e, v)) => (e.to_string(), v.get()),
             None => (String::new(), 0),
         };
+        let ttl = create.flatten().map_or(0, |t| t.as_millis().max(1));
         let mut call = ScriptCall::default();
         call.key(&keys.state)
-            .key(&keys.history)
             .arg(Epoch::random().to_string())
             .arg(initial)
             .arg(held_epoch)
             .arg(held_version.to_string())
-            .arg(&keys.channel)
+            .arg(keys.channel())
             .arg(history.to_string())
             // The current state is returned apart: `k - 1` entries before it.
             .arg((history - 1).to_string())
-            .arg(retired);
+            .arg(retired)
+            .arg(self.server.publish_command())
+            .arg(if create.is_some() { "1" } else { "0" })
+            .arg(ttl.to_string());
         call
     }
 
     /// Reads (or creates, or moves to a new epoch) a channel's state.
-    pub(super) async fn read(
-        &self,
-        keys: &Keys,
-        initial: &[u8],
-        history: usize,
-        held: Option<(Epoch, Version)>,
-        retired: String,
-    ) -> Result<Snapshot, BackplaneError> {
-        let call = self.sync_call(keys, initial, history, held, retired);
-        let reply = self.run_script(&self.sync_script, &call).await?;
+    pub(super) async fn read(&self, call: &ScriptCall) -> Result<Option<Snapshot>, BackplaneError> {
+        let reply = self.run_script(&self.sync_script, call).await?;
         Ok(parse_snapshot(reply)?)
     }
 
@@ -71,6 +69,7 @@ impl Core {
             relay.history(),
             Some(relay.position()),
             relay.retired(),
+            relay.creates(),
         )
     }
 
@@ -118,16 +117,26 @@ impl Core {
         }
     }
 
-    /// Reads every open channel again after (re)subscribing, in one
-    /// pipeline: only the history after what each holds comes back. A
-    /// channel whose data is unusable is marked broken and the others go
-    /// on. Fails only if the command connection does.
+    /// Reads every open channel again after (re)subscribing; see
+    /// [`catch_up`](Self::catch_up).
     pub(super) async fn catch_up_all(&self) -> Result<(), BackplaneError> {
-        let mut relays: Vec<Arc<dyn Relay>> = self.channels.read().values().cloned().collect();
+        let relays: Vec<Arc<dyn Relay>> = self.channels.read().values().cloned().collect();
+        self.catch_up(relays).await
+    }
+
+    /// Reads `relays` again after (re)subscribing, in one pipeline (on a
+    /// cluster, concurrent requests): only the history after what each
+    /// holds comes back. A channel whose data is unusable is marked broken
+    /// and the others go on. Fails only if the command connection does.
+    pub(super) async fn catch_up(
+        &self,
+        mut relays: Vec<Arc<dyn Relay>>,
+    ) -> Result<(), BackplaneError> {
         if relays.is_empty() {
             return Ok(());
         }
-        relays.sort_by(|a, b| a.keys().channel.cmp(&b.keys().channel));
+        relays.sort_by(|a, b| a.keys().channel().cmp(b.keys().channel()));
+        relays.dedup_by(|a, b| Arc::ptr_eq(a, b));
         // One read at a time per channel, in the same order everywhere.
         let mut guards = Vec::with_capacity(relays.len());
         let mut starting = Vec::with_capacity(relays.len());
@@ -136,17 +145,10 @@ impl Core {
             guards.push(relay.sync().lock.lock().await);
             starting.push(relay.sync().starting());
         }
-        let mut pipe = ::redis::pipe();
-        // Loads the script if Redis lost it (a restart): cheaper than
-        // retrying every call of the pipeline on `NOSCRIPT`.
-        pipe.cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(super::keys::SYNC_LUA)
-            .ignore();
-        for relay in &relays {
-            pipe.add_command(self.relay_call(&**relay).cmd(&self.sync_script));
-        }
-        let replies = self.run_pipeline(&mut pipe).await?;
+        let calls: Vec<ScriptCall> = relays.iter().map(|r| self.relay_call(&**r)).collect();
+        let replies = self
+            .run_scripts(&self.sync_script, SYNC_LUA, &calls)
+            .await?;
         if replies.len() != relays.len() {
             return Err(BackplaneError::from(super::DecodeError::new(format!(
                 "catch-up: {} replies for {} channels",
@@ -185,22 +187,22 @@ impl Core {
         if relays.is_empty() {
             return;
         }
-        let mut pipe = ::redis::pipe();
-        for relay in &relays {
-            pipe.cmd("HMGET")
-                .arg(&relay.keys().state)
-                .arg("epoch")
-                .arg("version");
-        }
-        let Ok(replies) = self.run_pipeline(&mut pipe).await else {
+        let cmds = relays
+            .iter()
+            .map(|relay| {
+                let mut cmd = ::redis::cmd("HMGET");
+                cmd.arg(&relay.keys().state).arg("epoch").arg("version");
+                cmd
+            })
+            .collect();
+        let Ok(replies) = self.run_batch(cmds).await else {
             return; // Redis is away: the subscription's keep-alive notices
         };
         for (relay, reply) in relays.into_iter().zip(replies) {
             let in_line = reply
                 .ok()
                 .and_then(|v| parse_probe(v).ok())
-                .flatten()
-                .is_some_and(|at| at == relay.position());
+                .is_some_and(|at| relay.is_at(at));
             if !in_line || relay.is_failing() || relay.sync().stale.load(Ordering::Acquire) {
                 self.request_resync(relay);
             }

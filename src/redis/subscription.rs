@@ -1,88 +1,185 @@
-//! The subscription task: one Pub/Sub connection for every channel,
+//! The subscription task: one Pub/Sub connection for every channel on a
+//! single Redis (or one per master on a cluster, see [`Shards`]),
 //! reconnect with backoff, keep-alive, the periodic check, and dispatch of
-//! messages to their channel.
+//! messages to their channel. Channels are added and removed in batches.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{PubSubSink, PubSubStream};
 use ::redis::Msg;
+use tokio::sync::mpsc;
 
 use super::backplane::Core;
-use super::channel::{Delivery, Relay};
 use super::error::{BackplaneError, Kind};
 use super::keys::parse_message;
+use super::relay::{Delivery, Relay};
+use super::shards::{Push, Pushed, Shards, REPAIR_EVERY};
 use crate::Epoch;
+
+/// The most channels in one `SUBSCRIBE` or `UNSUBSCRIBE` (one of a million
+/// overflows the server's output buffer for Pub/Sub clients).
+const SUBSCRIBE_BATCH: usize = 10_000;
+
+/// The subscription side of a backplane.
+pub(super) enum Subscriber {
+    /// The live subscription's command half, `None` while reconnecting.
+    /// Held across "add channels and subscribe to them" and across
+    /// "subscribe to every channel and publish the sink", so that no
+    /// channel is missed by both.
+    Single(tokio::sync::Mutex<Option<PubSubSink>>),
+    /// Sharded subscriptions on a cluster.
+    Cluster(Box<Shards>),
+}
+
+/// What the subscription task starts with.
+pub(super) enum Start {
+    Single(PubSubSink, PubSubStream),
+    Cluster(mpsc::UnboundedReceiver<Push>),
+}
 
 impl Core {
     /// A new subscription connection, not yet subscribed to anything.
     pub(super) async fn open_subscription(
         &self,
     ) -> Result<(PubSubSink, PubSubStream), BackplaneError> {
-        match tokio::time::timeout(self.config.connect_timeout, self.client.get_async_pubsub())
-            .await
-        {
+        let super::commands::Server::Single(client) = &self.server else {
+            unreachable!("a cluster has no single subscription");
+        };
+        match tokio::time::timeout(self.config.connect_timeout, client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => Ok(pubsub.split()),
             Ok(Err(e)) => Err(BackplaneError::from_redis(e)),
             Err(elapsed) => Err(BackplaneError::new(Kind::Unavailable, elapsed)),
         }
     }
 
-    /// Subscribes `sink` to `names`: every subscription goes through here.
+    /// Subscribes `sink` to `names`, in batches: every subscription on a
+    /// single Redis goes through here.
     async fn subscribe(
         &self,
         sink: &mut PubSubSink,
         names: &[String],
     ) -> Result<(), BackplaneError> {
-        if names.is_empty() {
-            return Ok(());
+        for batch in names.chunks(SUBSCRIBE_BATCH) {
+            let timeout = self.config.command_timeout * (batch.len() / 1000 + 1) as u32;
+            match tokio::time::timeout(timeout, sink.subscribe(batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(BackplaneError::from_redis(e)),
+                Err(elapsed) => return Err(BackplaneError::new(Kind::Unavailable, elapsed)),
+            }
         }
-        match tokio::time::timeout(self.config.command_timeout, sink.subscribe(names)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(BackplaneError::from_redis(e)),
-            Err(elapsed) => Err(BackplaneError::new(Kind::Unavailable, elapsed)),
-        }
+        Ok(())
     }
 
     /// Subscribes `sink` to every open channel and makes it the live
     /// subscription.
     async fn subscribe_all(&self, sink: &mut PubSubSink) -> Result<(), BackplaneError> {
-        let mut live = self.subscription.lock().await;
+        let Subscriber::Single(live) = &self.subscriber else {
+            unreachable!("single Redis only");
+        };
+        let mut live = live.lock().await;
         let names: Vec<String> = self.channels.read().keys().cloned().collect();
         self.subscribe(sink, &names).await?;
         *live = Some(sink.clone());
         Ok(())
     }
 
-    /// Adds a channel and subscribes to it on the live subscription, in one
-    /// step against [`subscribe_all`](Self::subscribe_all), so that no
-    /// channel is missed by both. `Err` holds the channel a concurrent call
-    /// registered under the name first.
-    pub(super) async fn register(&self, relay: Arc<dyn Relay>) -> Result<(), Arc<dyn Relay>> {
-        let subscription = self.subscription.lock().await;
-        let name = relay.keys().channel.clone();
-        {
-            let mut channels = self.channels.write();
-            if let Some(open) = channels.get(&name) {
-                return Err(Arc::clone(open));
+    /// Adds channels and subscribes to them, in one step against
+    /// [`subscribe_all`](Self::subscribe_all) (no channel is missed by
+    /// both), and in batches. Returns, for each relay, the one registered
+    /// under its name: itself, or one a concurrent call registered first.
+    ///
+    /// A failure to subscribe is not returned: the subscription is going
+    /// down, or a shard is, and the task subscribes the channel again
+    /// when it is back, and reads it again.
+    pub(super) async fn register(&self, relays: Vec<Arc<dyn Relay>>) -> Vec<Arc<dyn Relay>> {
+        match &self.subscriber {
+            Subscriber::Single(live) => {
+                let subscription = live.lock().await;
+                let (registered, added) = self.insert(relays);
+                if let Some(mut sink) = subscription.clone() {
+                    let _ = self.subscribe(&mut sink, &added).await;
+                }
+                registered
             }
-            channels.insert(name.clone(), relay);
+            Subscriber::Cluster(shards) => {
+                let (registered, added) = self.insert(relays);
+                shards.subscribe(&added, &self.config).await;
+                registered
+            }
         }
-        if let Some(mut sink) = subscription.clone() {
-            // A failure here means the subscription is going down: the task
-            // subscribes to every channel, this one included, when it is
-            // back, and catches them up.
-            let _ = self.subscribe(&mut sink, &[name]).await;
+    }
+
+    /// Puts relays in the map; returns what is registered under each name,
+    /// and the names added.
+    fn insert(&self, relays: Vec<Arc<dyn Relay>>) -> (Vec<Arc<dyn Relay>>, Vec<String>) {
+        let mut channels = self.channels.write();
+        let mut added = Vec::new();
+        let registered = relays
+            .into_iter()
+            .map(|relay| {
+                let name = relay.keys().channel().to_owned();
+                match channels.get(&name) {
+                    Some(open) => Arc::clone(open),
+                    None => {
+                        channels.insert(name.clone(), Arc::clone(&relay));
+                        added.push(name);
+                        relay
+                    }
+                }
+            })
+            .collect();
+        (registered, added)
+    }
+
+    /// Removes channels (each only if it is the one registered under its
+    /// name) and unsubscribes from them, in batches.
+    pub(super) async fn unregister(&self, relays: &[Arc<dyn Relay>]) {
+        let remove = |channels: &mut std::collections::HashMap<String, Arc<dyn Relay>>| {
+            let mut names = Vec::new();
+            for relay in relays {
+                let name = relay.keys().channel();
+                if channels.get(name).is_some_and(|r| Arc::ptr_eq(r, relay)) {
+                    channels.remove(name);
+                    names.push(name.to_owned());
+                }
+            }
+            names
+        };
+        match &self.subscriber {
+            Subscriber::Single(live) => {
+                let subscription = live.lock().await;
+                let names = remove(&mut self.channels.write());
+                if let Some(mut sink) = subscription.clone() {
+                    for batch in names.chunks(SUBSCRIBE_BATCH) {
+                        let timeout = self.config.command_timeout * (batch.len() / 1000 + 1) as u32;
+                        // A failure means the subscription is going down: a
+                        // new one subscribes only to what is registered.
+                        if !matches!(
+                            tokio::time::timeout(timeout, sink.unsubscribe(batch)).await,
+                            Ok(Ok(()))
+                        ) {
+                            break;
+                        }
+                    }
+                }
+            }
+            Subscriber::Cluster(shards) => {
+                let names = remove(&mut self.channels.write());
+                shards.unsubscribe(&names, &self.config).await;
+            }
         }
-        Ok(())
     }
 
     /// Relays one Pub/Sub message to its channel.
-    fn dispatch(self: &Arc<Self>, msg: &Msg) {
-        let relay = self.channels.read().get(msg.get_channel_name()).cloned();
+    fn dispatch(self: &Arc<Self>, channel: &[u8], payload: &[u8]) {
+        let Ok(name) = std::str::from_utf8(channel) else {
+            return;
+        };
+        let relay = self.channels.read().get(name).cloned();
         let Some(relay) = relay else { return };
-        match parse_message(msg.get_payload_bytes()) {
+        match parse_message(payload) {
             Ok((epoch, version, value)) => match relay.on_message(epoch, version, value) {
                 Delivery::Done => {}
                 Delivery::Resync => self.request_resync(relay),
@@ -98,10 +195,21 @@ impl Core {
     }
 }
 
-/// The subscription task: relays messages, checks the channels with local
-/// waiters every `check_interval`, and on any failure reconnects,
-/// resubscribes and catches every channel up. Runs until aborted.
-pub(super) async fn run(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubStream)>) {
+/// The subscription task. Runs until aborted.
+pub(super) async fn run(core: Arc<Core>, start: Start) {
+    match start {
+        Start::Single(sink, stream) => run_single(core, Some((sink, stream))).await,
+        Start::Cluster(rx) => run_cluster(core, rx).await,
+    }
+}
+
+/// One Redis: relays messages, checks the channels with local waiters
+/// every `check_interval`, and on any failure reconnects, resubscribes and
+/// catches every channel up.
+async fn run_single(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubStream)>) {
+    let Subscriber::Single(live) = &core.subscriber else {
+        unreachable!("single Redis only");
+    };
     let mut backoff = core.config.backoff_min;
     loop {
         let opened = match first.take() {
@@ -121,7 +229,7 @@ pub(super) async fn run(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubSt
             Ok(up) => up,
             Err(e) => {
                 core.subscription_failed(e);
-                *core.subscription.lock().await = None;
+                *live.lock().await = None;
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(core.config.backoff_max);
                 continue;
@@ -138,7 +246,7 @@ pub(super) async fn run(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubSt
         let lost = loop {
             tokio::select! {
                 msg = next_message(&mut stream) => match msg {
-                    Some(msg) => core.dispatch(&msg),
+                    Some(msg) => core.dispatch(msg.get_channel_name().as_bytes(), msg.get_payload_bytes()),
                     None => break "the subscription connection closed",
                 },
                 () = &mut pinger => break "the subscription did not answer a PING",
@@ -151,13 +259,94 @@ pub(super) async fn run(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubSt
 
         core.connected.store(false, Ordering::Release);
         core.subscription_failed(BackplaneError::new(Kind::Unavailable, lost));
-        *core.subscription.lock().await = None;
+        *live.lock().await = None;
         // If Redis restarted, the command connection is dead too: open a
         // new one for the next command rather than fail it on the old one.
-        core.command.lock().take();
+        core.command.reset();
         core.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         // Come back soon, but not all instances in the same instant.
         tokio::time::sleep(jitter(core.config.backoff_min)).await;
+    }
+}
+
+/// A cluster: relays the messages of every master's connection; places
+/// the channels that lost their place (a slot moved, a master failed
+/// over, a connection lost) on the master that owns them now, and reads
+/// them again; reads the slot map and pings every connection every
+/// `ping_interval`; checks the channels with local waiters every
+/// `check_interval`. Placing and pinging run beside the relaying, one at a
+/// time, so that a master that does not answer delays no message of the
+/// others.
+async fn run_cluster(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Push>) {
+    let Subscriber::Cluster(shards) = &core.subscriber else {
+        unreachable!("cluster only");
+    };
+    let busy = Arc::new(AtomicBool::new(false));
+    let mut repair = tokio::time::interval(REPAIR_EVERY);
+    repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping = tokio::time::interval(core.config.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut check = tokio::time::interval(core.config.check_interval);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.tick().await;
+    core.connected.store(true, Ordering::Release);
+    loop {
+        let keep_alive = tokio::select! {
+            push = rx.recv() => {
+                let Some(push) = push else { return };
+                match shards.on_push(push) {
+                    Pushed::Message { channel, payload } => core.dispatch(&channel, &payload),
+                    Pushed::Repair => core.connected.store(false, Ordering::Release),
+                    Pushed::Nothing => {}
+                }
+                continue;
+            }
+            _ = repair.tick() => false,
+            _ = ping.tick() => true,
+            _ = check.tick() => {
+                let core = Arc::clone(&core);
+                tokio::spawn(async move { core.check().await });
+                continue;
+            }
+        };
+        if !keep_alive && !shards.attention.load(Ordering::Acquire) {
+            continue;
+        }
+        if busy.swap(true, Ordering::AcqRel) {
+            continue; // the last round is still on its way
+        }
+        let (core, busy) = (Arc::clone(&core), Arc::clone(&busy));
+        tokio::spawn(async move {
+            let Subscriber::Cluster(shards) = &core.subscriber else {
+                unreachable!("cluster only");
+            };
+            if keep_alive {
+                shards.keep_alive(&core.config).await;
+            }
+            if shards.take_attention() {
+                let placed = shards.repair(&core.config).await;
+                if !placed.is_empty() {
+                    let relays: Vec<Arc<dyn Relay>> = {
+                        let channels = core.channels.read();
+                        placed
+                            .iter()
+                            .filter_map(|n| channels.get(n).cloned())
+                            .collect()
+                    };
+                    if let Err(e) = core.catch_up(relays).await {
+                        core.subscription_failed(e);
+                    }
+                }
+                // Until every channel is confirmed where it was sent, look
+                // again at the next round.
+                if !shards.is_settled() {
+                    shards.attend();
+                }
+                core.connected.store(shards.is_up(), Ordering::Release);
+            }
+            busy.store(false, Ordering::Release);
+        });
     }
 }
 

@@ -1,34 +1,59 @@
 -- Reads a channel's state for an instance that joins it, comes back after
 -- losing its subscription, or checks it; creates the state if it is missing
--- and starts a new epoch if Redis is behind what the caller saw.
+-- (when asked to) and starts a new epoch if Redis is behind what the caller
+-- saw.
 --
--- KEYS[1]  the state hash: epoch, version, value, keep
--- KEYS[2]  the history list: "<version> <value>" entries, oldest first
--- ARGV[1]  a fresh epoch, used if the sequence must start again
--- ARGV[2]  the initial value, used if the state is missing
--- ARGV[3]  the epoch the caller holds ('' if none)
--- ARGV[4]  the version the caller holds ('0' if none)
--- ARGV[5]  the Pub/Sub channel
--- ARGV[6]  how many updates the caller's history keeps
--- ARGV[7]  the most history entries to return
--- ARGV[8]  epochs the caller left, space-separated ('' if none)
+-- KEYS[1]   the channel's hash: epoch, version, value, keep, and the history
+--           as one field h<version> per retained version before the current
+-- ARGV[1]   a fresh epoch, used if the sequence must start again
+-- ARGV[2]   the initial value, used if the state is missing
+-- ARGV[3]   the epoch the caller holds ('' if none)
+-- ARGV[4]   the version the caller holds ('0' if none)
+-- ARGV[5]   the Pub/Sub channel
+-- ARGV[6]   how many updates the caller's history keeps
+-- ARGV[7]   the most history entries to return
+-- ARGV[8]   epochs the caller left, space-separated ('' if none)
+-- ARGV[9]   the publish command: PUBLISH, or SPUBLISH on a cluster
+-- ARGV[10]  '1': create a missing state; '0': a missing state is answered
+--           with {} and nothing is written
+-- ARGV[11]  the time to live of a created state, in ms ('0': none)
 --
 -- Returns {epoch, version, value, entries}: `entries` are the history
--- entries after the caller's version if it holds the current epoch, else the
--- newest ones, at most ARGV[7] of them.
-local state_key, history_key, channel = KEYS[1], KEYS[2], ARGV[5]
+-- entries ("<version> <value>") after the caller's version if it holds the
+-- current epoch, else the newest ones, at most ARGV[7] of them, oldest
+-- first. Returns {} for a missing state that it did not create.
+local key, channel, publish = KEYS[1], ARGV[5], ARGV[9]
 local held_epoch, held_version = ARGV[3], tonumber(ARGV[4])
 local want, retired = tonumber(ARGV[7]), ' ' .. ARGV[8] .. ' '
 
-local state = redis.call('HMGET', state_key, 'epoch', 'version', 'value', 'keep')
+-- Deletes every history field (after a new epoch), a thousand at a time.
+local function drop_history()
+  local old = {}
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, 1) == 'h' then
+      old[#old + 1] = field
+      if #old == 1000 then
+        redis.call('HDEL', key, unpack(old))
+        old = {}
+      end
+    end
+  end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+end
+
+local state = redis.call('HMGET', key, 'epoch', 'version', 'value', 'keep')
 local epoch, version, value = state[1], state[2], state[3] or ''
 if not epoch then
-  -- Never created, or lost (a restart without persistence, an eviction):
-  -- start a new epoch, so that no client waits on the lost sequence.
+  if ARGV[10] ~= '1' then return {} end
+  -- Never created, expired, or lost (a restart without persistence, an
+  -- eviction): start a new epoch, so that no client waits on the lost
+  -- sequence.
   epoch, version, value = ARGV[1], '0', ARGV[2]
-  redis.call('HSET', state_key, 'epoch', epoch, 'version', version, 'value', value)
-  redis.call('DEL', history_key)
-  redis.call('PUBLISH', channel, epoch .. ' ' .. version .. ' ' .. value)
+  drop_history()
+  redis.call('HSET', key, 'epoch', epoch, 'version', version, 'value', value)
+  local ttl = tonumber(ARGV[11])
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  redis.call(publish, channel, epoch .. ' ' .. version .. ' ' .. value)
 else
   local n = tonumber(version)
   if not n or n < 0 or n ~= math.floor(n) then
@@ -41,26 +66,33 @@ else
     -- within an epoch, and the versions between would come again with
     -- other values, so the sequence moves to a new epoch.
     epoch = ARGV[1]
-    redis.call('HSET', state_key, 'epoch', epoch)
-    redis.call('DEL', history_key)
-    redis.call('PUBLISH', channel, epoch .. ' ' .. version .. ' ' .. value)
+    redis.call('HSET', key, 'epoch', epoch)
+    drop_history()
+    redis.call(publish, channel, epoch .. ' ' .. version .. ' ' .. value)
   end
 end
 
 -- The history depth is the channel's: the largest any instance asked for.
 local keep = tonumber(state[4]) or 1
 if tonumber(ARGV[6]) > keep then
-  redis.call('HSET', state_key, 'keep', ARGV[6])
+  redis.call('HSET', key, 'keep', ARGV[6])
 end
 
 local entries = {}
-if want > 0 then
-  local n = want
-  if epoch == held_epoch then
-    n = math.min(want, tonumber(version) - held_version)
+local n = tonumber(version)
+local first = n - want
+if epoch == held_epoch then first = math.max(first, held_version + 1) end
+first = math.max(first, 0)
+while first < n do
+  local last = math.min(first + 999, n - 1)
+  local fields = {}
+  for v = first, last do fields[#fields + 1] = string.format('h%d', v) end
+  local values = redis.call('HMGET', key, unpack(fields))
+  for i = 1, #fields do
+    if values[i] then
+      entries[#entries + 1] = string.format('%d ', first + i - 1) .. values[i]
+    end
   end
-  if n > 0 then
-    entries = redis.call('LRANGE', history_key, -n, -1)
-  end
+  first = last + 1
 end
 return {epoch, version, value, entries}

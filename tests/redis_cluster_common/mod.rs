@@ -25,6 +25,7 @@
 
 mod migration;
 mod node;
+pub(crate) mod sequence;
 mod topology;
 
 use std::fmt::Write as _;
@@ -39,6 +40,7 @@ use redis::FromRedisValue;
 pub(crate) use migration::Migration;
 use node::{free_ports, missing_tools, Node};
 use topology::{parse_nodes, shards_of};
+#[allow(unused_imports)] // each test file uses its own subset
 pub(crate) use topology::{slot_of, tag_for_slot, Shard};
 
 /// `cluster-node-timeout` of the test clusters: how long a master may be
