@@ -158,6 +158,7 @@ mod shared;
 pub mod sse;
 mod stream;
 mod sync;
+mod telemetry;
 mod version;
 mod wait;
 mod waiters;

@@ -51,6 +51,8 @@ pub(crate) struct Hub<K, T> {
     start: Instant,
     configure: Configure<K>,
     init: Init<K, T>,
+    /// Metric handles shared by every key's broadcaster, registered once.
+    pub(crate) telemetry: crate::telemetry::Handles,
 }
 
 /// One lock's share of the keys.
@@ -152,6 +154,7 @@ impl<K, T> Hub<K, T> {
             start: Instant::now(),
             configure,
             init,
+            telemetry: crate::telemetry::Handles::new(),
         }
     }
 
@@ -294,7 +297,8 @@ impl<K: Eq, T> Hub<K, T> {
                             drop(map);
                             drop(built.take());
                             let owned = key.to_owned();
-                            let broadcaster = (self.configure)(&owned).build_from(retained);
+                            let broadcaster = (self.configure)(&owned)
+                                .build_from_in(retained, self.telemetry.clone());
                             built = Some(Built {
                                 key: owned,
                                 broadcaster,
@@ -337,7 +341,8 @@ impl<K: Eq, T> Hub<K, T> {
                     }
                     drop(built.take());
                     let owned = key.to_owned();
-                    let broadcaster = (self.configure)(&owned).build((self.init)(&owned));
+                    let broadcaster = (self.configure)(&owned)
+                        .build_in((self.init)(&owned), self.telemetry.clone());
                     built = Some(Built {
                         key: owned,
                         broadcaster,

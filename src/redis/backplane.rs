@@ -38,6 +38,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.core.stopped.store(true, Ordering::Release);
         self.task.abort();
+        crate::telemetry::backplane_stopped(self.core.connected.load(Ordering::Acquire));
     }
 }
 
@@ -240,6 +241,7 @@ impl Builder {
         });
         core.command().await?;
         let first = core.open_subscription().await?;
+        crate::telemetry::backplane_connected(&core.prefix);
         let task = tokio::spawn(run(Arc::clone(&core), Some(first))).abort_handle();
         Ok(Backplane {
             shared: Arc::new(Handle { core, task }),

@@ -103,6 +103,7 @@ impl Core {
 /// resubscribes and catches every channel up. Runs until aborted.
 pub(super) async fn run(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubStream)>) {
     let mut backoff = core.config.backoff_min;
+    let mut link = crate::telemetry::Link::default();
     loop {
         let opened = match first.take() {
             Some(conn) => Ok(conn),
@@ -120,6 +121,7 @@ pub(super) async fn run(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubSt
         let (sink, mut stream) = match up {
             Ok(up) => up,
             Err(e) => {
+                crate::telemetry::reconnect_failed(&mut link, &e);
                 core.subscription_failed(e);
                 *core.subscription.lock().await = None;
                 tokio::time::sleep(jitter(backoff)).await;
@@ -128,6 +130,7 @@ pub(super) async fn run(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubSt
             }
         };
         core.connected.store(true, Ordering::Release);
+        crate::telemetry::subscription_up(&mut link);
         backoff = core.config.backoff_min;
 
         let pinger = keep_alive(sink, core.config.ping_interval, core.config.command_timeout);
@@ -150,6 +153,7 @@ pub(super) async fn run(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubSt
         };
 
         core.connected.store(false, Ordering::Release);
+        crate::telemetry::subscription_lost(&mut link, lost);
         core.subscription_failed(BackplaneError::new(Kind::Unavailable, lost));
         *core.subscription.lock().await = None;
         // If Redis restarted, the command connection is dead too: open a
