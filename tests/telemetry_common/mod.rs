@@ -265,18 +265,15 @@ impl Capture {
 
     /// Sets a subscriber of this layer (everything enabled) as this
     /// thread's default until the guard drops.
+    ///
+    /// Every thread that hits the crate's events in a test binary should
+    /// have one: while a single thread-local subscriber is alive, `tracing`
+    /// caches an event's interest from the thread that hits it first, so a
+    /// thread without one (or with a filter) would turn it off for the
+    /// others.
     pub fn set_default(&self) -> tracing::subscriber::DefaultGuard {
         use tracing_subscriber::layer::SubscriberExt;
         tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
-    }
-
-    /// Sets a subscriber of this layer that enables `INFO` and above only.
-    pub fn set_default_at_info(&self) -> tracing::subscriber::DefaultGuard {
-        use tracing_subscriber::layer::SubscriberExt;
-        let filtered = tracing_subscriber::registry()
-            .with(tracing_subscriber::filter::LevelFilter::INFO)
-            .with(self.clone());
-        tracing::subscriber::set_default(filtered)
     }
 }
 
