@@ -185,6 +185,9 @@ async fn the_backplane_traces_and_measures_every_incident() {
         1
     );
     assert_eq!(held.await.unwrap().unwrap_err(), WaitError::Closed);
+    let failing = capture.one("longpoll::publish", "failing: waiters answered closed");
+    assert_eq!(failing.level, Level::DEBUG);
+    assert_eq!(failing.u64("waiters"), 1);
     let refused = ch.broadcaster().wait(Cursor::NEXT).await;
     assert_eq!(refused.unwrap_err(), WaitError::Closed);
     assert_eq!(
