@@ -34,6 +34,15 @@
 //! cargo bench --bench fanout -- 'fanout/.*/10000$'  # one N, both groups
 //! cargo bench --bench fanout -- --test              # each benchmark once (CI)
 //! ```
+//!
+//! Built with `--features tracing,metrics`, the longpoll variant records
+//! through the `metrics` facade and `tracing`; with no recorder or
+//! subscriber installed that costs what the README's "Observability"
+//! section measures. `LONGPOLL_BENCH_TELEMETRY=1` installs what a server
+//! would, before any broadcaster is built: a Prometheus recorder (with its
+//! upkeep every 5 s) and a `tracing` subscriber at `info` writing to a sink;
+//! any other value is the subscriber's filter (`longpoll::publish=trace`
+//! turns every publish's event on).
 
 use std::future::Future;
 use std::hint::black_box;
@@ -451,6 +460,33 @@ fn print_ratios(medians: &Medians) {
     }
 }
 
+/// A Prometheus recorder and a `tracing` subscriber into a sink, with
+/// `LONGPOLL_BENCH_TELEMETRY` set (see the module docs).
+#[cfg(all(feature = "tracing", feature = "metrics"))]
+fn install_telemetry() {
+    let Ok(filter) = std::env::var("LONGPOLL_BENCH_TELEMETRY") else {
+        println!("telemetry: compiled in, no recorder or subscriber installed\n");
+        return;
+    };
+    let filter = if filter == "1" {
+        "info".to_owned()
+    } else {
+        filter
+    };
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("the first recorder");
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(5));
+        handle.run_upkeep();
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&filter))
+        .with_writer(std::io::sink)
+        .init();
+    println!("telemetry: a Prometheus recorder and a tracing subscriber ({filter}) installed\n");
+}
+
 fn main() {
     println!(
         "fan-out: one publish to N parked tasks, timed from the publish until the last \
@@ -461,6 +497,8 @@ fn main() {
     );
     let mut c = Criterion::default().configure_from_args();
     let mut medians = Medians::new();
+    #[cfg(all(feature = "tracing", feature = "metrics"))]
+    install_telemetry();
 
     let multi = RtBuilder::new_multi_thread()
         .worker_threads(2)

@@ -7,6 +7,7 @@ use crate::changed::{Changed, Update};
 use crate::error::{ClosedError, PublishError, WaitError};
 use crate::shared::{resume, Inner, Panic, Shared};
 use crate::sync::{Arc, MutexGuard};
+use crate::telemetry::{self, FanOut, Refused};
 use crate::wait::{ChangedStream, OwnedWait, Registration, Wait, WaitState};
 use crate::{Builder, Cursor, Epoch, Version};
 
@@ -254,9 +255,10 @@ impl<T> Broadcaster<T> {
         let answer = inner.answer(old_version, Some(old_epoch));
         drop(inner);
         drop(old);
+        let what = FanOut::Restart(epoch, version);
         resume(
             self.shared
-                .fan_out(taken, || answer.clone().ok_or(WaitError::Closed)),
+                .fan_out(what, taken, || answer.clone().ok_or(WaitError::Closed)),
         );
         Ok(())
     }
@@ -269,6 +271,7 @@ impl<T> Broadcaster<T> {
         prev: (Version, Epoch),
         update: Update<T>,
     ) -> Option<Panic> {
+        let what = FanOut::Publish(update.version);
         let (taken, evicted) = inner.push(update, self.shared.history, &self.shared.spare);
         // Callbacks all registered at `prev`: one answer serves them all.
         let answer = if taken.callbacks.is_empty() {
@@ -281,7 +284,7 @@ impl<T> Broadcaster<T> {
         // nobody's wait.
         let panicked = self
             .shared
-            .fan_out(taken, || answer.clone().ok_or(WaitError::Closed));
+            .fan_out(what, taken, || answer.clone().ok_or(WaitError::Closed));
         drop(evicted);
         panicked
     }
@@ -336,7 +339,10 @@ impl<T> Broadcaster<T> {
         }
         let taken = inner.take_all(&self.shared.spare);
         drop(inner);
-        resume(self.shared.fan_out(taken, || Err(WaitError::Closed)));
+        resume(
+            self.shared
+                .fan_out(FanOut::Failing, taken, || Err(WaitError::Closed)),
+        );
         true
     }
 
@@ -523,6 +529,7 @@ impl<T> Broadcaster<T> {
         let mut inner = self.lock();
         if inner.refuses_waits() {
             drop(inner);
+            telemetry::refused(&self.shared.telemetry, Refused::Closed);
             return Err(WaitError::Closed);
         }
         if let Some(answer) = inner.answer(state.since(), state.epoch()) {
@@ -532,13 +539,14 @@ impl<T> Broadcaster<T> {
         }
         if inner.places() >= self.shared.max_waiters {
             drop(inner);
-            return Err(WaitError::Full {
-                limit: self.shared.max_waiters,
-            });
+            let limit = self.shared.max_waiters;
+            telemetry::refused(&self.shared.telemetry, Refused::Full { limit });
+            return Err(WaitError::Full { limit });
         }
         let idx = inner.waiters.insert_callback(callback);
         let (epoch, generation) = (inner.current().epoch, inner.generation);
         drop(inner);
+        telemetry::waiter_added(&self.shared.telemetry);
         Ok(state.into_registration(Arc::clone(&self.shared), epoch, generation, idx))
     }
 
@@ -705,6 +713,8 @@ impl<T> Broadcaster<T> {
     pub(crate) fn answer_foreign(&self) -> Result<Changed<T>, WaitError> {
         let inner = self.lock();
         if inner.refuses_waits() {
+            drop(inner);
+            telemetry::refused(&self.shared.telemetry, Refused::Closed);
             return Err(WaitError::Closed);
         }
         Ok(inner.retained_after(None, Some(crate::Resync::OtherEpoch)))

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use crate::changed::Update;
 use crate::shared::{Inner, Shared};
 use crate::sync::{Arc, AtomicUsize, Mutex};
+use crate::telemetry::Handles;
 use crate::{Broadcaster, Epoch, Version};
 
 /// Configures a [`Broadcaster`]: history, waiter limit, epoch, first version.
@@ -118,19 +119,35 @@ impl Builder {
 
     /// Builds the broadcaster, holding `initial` at the initial version.
     pub fn build<T>(self, initial: T) -> Broadcaster<T> {
+        self.build_in(initial, Handles::new())
+    }
+
+    /// As [`build`](Self::build), recording through `telemetry` (a keyed
+    /// hub's, shared by its keys).
+    pub(crate) fn build_in<T>(self, initial: T, telemetry: Handles) -> Broadcaster<T> {
         let first = Update {
             epoch: self.epoch.unwrap_or_else(Epoch::random),
             version: self.initial_version,
             value: std::sync::Arc::new(initial),
         };
-        self.build_from(vec![first])
+        self.build_from_in(vec![first], telemetry)
     }
 
     /// Builds a broadcaster that continues `retained` (oldest first, never
     /// empty): its epoch, versions and history, with this builder's limits.
     /// The keyed hub uses it to bring back a key it parked while idle; the
     /// builder's epoch and initial version are not used.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn build_from<T>(self, retained: Vec<Update<T>>) -> Broadcaster<T> {
+        self.build_from_in(retained, Handles::new())
+    }
+
+    /// As [`build_from`](Self::build_from), recording through `telemetry`.
+    pub(crate) fn build_from_in<T>(
+        self,
+        retained: Vec<Update<T>>,
+        telemetry: Handles,
+    ) -> Broadcaster<T> {
         debug_assert!(!retained.is_empty());
         let skip = retained.len().saturating_sub(self.history);
         let mut history = VecDeque::with_capacity(self.history.min(1024));
@@ -144,6 +161,7 @@ impl Builder {
             spare: Mutex::new(Vec::new()),
             handles: AtomicUsize::new(0),
             hold_ahead: self.hold_ahead,
+            telemetry,
         }))
     }
 }

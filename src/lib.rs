@@ -125,6 +125,59 @@
 //! lag, but has no "current value" for a client that arrives late. `longpoll`
 //! makes the cursor a value the client carries between requests.
 //!
+//! # Observability
+//!
+//! With the `tracing` feature the crate emits [`tracing`] events, with
+//! targets under `longpoll::`; with `metrics` it records metrics named
+//! `longpoll_*` through the [`metrics`] facade. Without them nothing of
+//! either is compiled in. No span is ever created (none per waiter), and no
+//! metric label names a key or a channel (a channel's name appears in the
+//! backplane's events only). Events of every publish are `TRACE`, of every
+//! refused wait or resync `DEBUG`, of incidents `INFO` and `WARN`.
+//!
+//! A broadcaster registers its metric handles with the recorder in place when
+//! it is built (a keyed hub does so once, for all its keys): install the
+//! recorder before building broadcasters. A registration or a publish then
+//! looks nothing up; a registration costs one gauge increment, a publish
+//! that wakes anyone two clock reads and a few atomic operations, and
+//! nothing is done per waiter beyond counting it. No recorder or subscriber
+//! code runs under the crate's locks.
+//!
+//!
+//! | name | kind | labels / fields | what |
+//! |------|------|-----------------|------|
+//! | `longpoll_waiters` | gauge | | waiters in the lists now, over every broadcaster: futures, callbacks, and streams while they wait (a stream between two items is not counted, unlike `waiter_count`) |
+//! | `longpoll_publishes_total` | counter | | publishes: `notify`, `modify`, `publish_at`, `restart` |
+//! | `longpoll_fanout_duration_seconds` | histogram | | for each publish that woke anyone: the time to call every waker and callback, after the lock is released (not until the woken tasks have run) |
+//! | `longpoll_fanout_waiters` | histogram | | for each publish that woke anyone: how many it woke |
+//! | `longpoll_refused_waits_total` | counter | `reason`: `full` (waiter limit), `closed` (closed, or its backplane channel is broken), `too_many_keys` (a keyed hub's key limit) | waits refused at once: futures, callbacks, streams, and the HTTP layer's answers made without a wait; a wait that was pending when its broadcaster closed is not counted |
+//! | `longpoll_resyncs_total` | counter | `reason`: `lagged`, `ahead`, `other_epoch` | answers of `LongPoll::respond`, `KeyedPoll` (one per key) and SSE streams that tell a client to start over; a first answer without a cursor (`initial`) is not counted |
+//! | `longpoll_backplane_connected` | gauge | | backplanes whose subscription is up (subscribed and caught up) |
+//! | `longpoll_backplane_reconnects_total` | counter | | subscriptions lost (as `Stats::reconnects`) |
+//! | `longpoll_backplane_downtime_seconds` | histogram | | from a subscription lost to subscribed and caught up again |
+//! | `longpoll_backplane_catchup_versions` | histogram | | for each catch-up after (re)subscribing: the versions it moved the channels forward, summed over channels (updates missed while the subscription was down); channels moved to a new epoch are counted in `longpoll_backplane_epoch_restarts_total` instead |
+//! | `longpoll_backplane_catchup_duration_seconds` | histogram | | for each catch-up: the time to read and apply every channel (one pipeline) |
+//! | `longpoll_backplane_epoch_restarts_total` | counter | | channels moved to a new epoch: Redis lost their data or came back behind (as `Stats::restarts`) |
+//! | `longpoll_backplane_channel_failures_total`, `..._channel_heals_total` | counter | | channels that broke (unusable data in Redis), and that healed |
+//! | `longpoll_backplane_rejected_messages_total` | counter | | Pub/Sub messages that did not parse or decode |
+//! | `longpoll::publish` "published" | `TRACE` event | `version`, `waiters` (woken), `fanout_ns` | every publish |
+//! | `longpoll::publish` "restarted under a new epoch" | `DEBUG` event | `epoch`, `version`, `waiters`, `fanout_ns` | every restart |
+//! | `longpoll::publish` "closed", "failing: waiters answered closed" | `DEBUG` event | `waiters` | a close; a backplane channel that broke, answering its waiters |
+//! | `longpoll::wait` "wait refused" | `DEBUG` event | `reason` (as the counter), `limit` | every refused wait |
+//! | `longpoll::resync` "resync" | `DEBUG` event | `reason` (as the counter), `skipped` (lagged), `endpoint`: `long_poll`, `keyed_poll`, `sse` | every resync answer |
+//! | `longpoll::backplane` "backplane connected" | `INFO` event | `prefix` | `Builder::connect` succeeded |
+//! | `longpoll::backplane` "backplane subscription lost; reconnecting" | `WARN` event | `reason` | the subscription dropped |
+//! | `longpoll::backplane` "backplane cannot subscribe; retrying with backoff" | `WARN` event, then `DEBUG` ("... yet", with `attempts`) | `error` | the first failed attempt of an outage, then each next one |
+//! | `longpoll::backplane` "backplane subscription restored" | `INFO` event | `downtime_ms`, `attempts` | subscribed and caught up after a loss (`DEBUG` "backplane subscribed" the first time) |
+//! | `longpoll::backplane` "backplane caught up" | `INFO` event | `channels`, `versions`, `restarted`, `elapsed_ms` | every catch-up of at least one channel |
+//! | `longpoll::backplane` "channel restarted under a new epoch: ..." | `WARN` event | `channel`, `epoch` | an epoch restart |
+//! | `longpoll::backplane` "channel broken; ...", "channel healed" | `WARN`, `INFO` event | `channel`, `error` | a channel that breaks or heals |
+//! | `longpoll::backplane` "message rejected; ..." | `WARN` event | `channel`, `error` | a Pub/Sub message that did not parse or decode |
+//! | `longpoll::backplane` "backplane stopped" | `DEBUG` event | | the last handle dropped |
+//!
+//! [`tracing`]: https://docs.rs/tracing
+//! [`metrics`]: https://docs.rs/metrics
+//!
 //! # Features
 //!
 //! | feature | default | enables |
@@ -134,6 +187,8 @@
 //! | `tower` | no      | `tower::Service` for [`http::LongPoll`], [`http::KeyedPoll`] and [`sse::SseEndpoint`] (depends on `tower-service` only) |
 //! | `axum`  | no      | [`http::PollRequest`] and [`http::KeyedRequest`] as axum extractors whose rejection is the endpoint's `400` (depends on `axum-core`) |
 //! | `redis` | no      | [`redis`]: a Redis backplane, so that several server instances share one version sequence and wake each other's waiters |
+//! | `tracing` | no    | events through `tracing` 0.1 (see [Observability](#observability)) |
+//! | `metrics` | no    | metrics through the `metrics` 0.24 facade (see [Observability](#observability)) |
 //!
 //! [`tokio::sync::watch`]: https://docs.rs/tokio/latest/tokio/sync/watch/index.html
 //! [`tokio::sync::broadcast`]: https://docs.rs/tokio/latest/tokio/sync/broadcast/index.html
@@ -158,6 +213,7 @@ mod shared;
 pub mod sse;
 mod stream;
 mod sync;
+mod telemetry;
 mod version;
 mod wait;
 mod waiters;

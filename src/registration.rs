@@ -78,6 +78,7 @@ impl<T> Registration<T> {
             None
         };
         drop(inner);
+        crate::telemetry::waiters_removed(&self.shared.telemetry, usize::from(cb.is_some()));
         // The callback's captures may run arbitrary code when dropped.
         cb.is_some()
     }

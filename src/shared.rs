@@ -25,6 +25,7 @@ use std::task::Waker;
 use crate::changed::{Changed, Resync, Update};
 use crate::error::WaitError;
 use crate::sync::{AtomicUsize, Mutex};
+use crate::telemetry::{self, FanOut};
 use crate::waiters::{Taken, Waiters, Wakers};
 use crate::{Epoch, Version};
 
@@ -51,6 +52,9 @@ pub(crate) struct Shared<T> {
     /// at all). A backplane sets it: there, a cursor ahead usually comes
     /// from a faster instance, and this one will get there.
     pub(crate) hold_ahead: u8,
+    /// Metric handles, registered when built (empty without the `metrics`
+    /// feature).
+    pub(crate) telemetry: crate::telemetry::Handles,
 }
 
 pub(crate) struct Inner<T> {
@@ -241,7 +245,10 @@ impl<T> Shared<T> {
         inner.closed = true;
         let taken = inner.take_all(&self.spare);
         drop(inner);
-        (true, self.fan_out(taken, || Err(WaitError::Closed)))
+        (
+            true,
+            self.fan_out(FanOut::Close, taken, || Err(WaitError::Closed)),
+        )
     }
 
     /// Wakes what a publish or a close took out, outside the lock.
@@ -251,12 +258,16 @@ impl<T> Shared<T> {
     /// are dropped) once everyone has been told.
     pub(crate) fn fan_out(
         &self,
+        what: FanOut,
         taken: Taken<T>,
         answer: impl Fn() -> Result<Changed<T>, WaitError>,
     ) -> Option<Panic> {
         let Taken { wakers, callbacks } = taken;
+        let timer = telemetry::fan_out_started(what, taken_any(&wakers, &callbacks));
         let mut panicked = None;
+        let mut woken = 0usize;
         let mut wake = |waker: Waker| {
+            woken += 1;
             if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| waker.wake())) {
                 panicked.get_or_insert(p);
             }
@@ -272,13 +283,24 @@ impl<T> Shared<T> {
             }
         }
         for cb in callbacks.into_iter().flatten() {
+            woken += 1;
             let answer = answer();
             if let Err(p) = panic::catch_unwind(AssertUnwindSafe(move || cb(answer))) {
                 panicked.get_or_insert(p);
             }
         }
+        telemetry::fanned_out(&self.telemetry, what, woken, timer);
         panicked
     }
+}
+
+/// Whether a fan-out has anyone to wake or call.
+fn taken_any<T>(wakers: &Wakers, callbacks: &[Option<crate::waiters::Callback<T>>]) -> bool {
+    !callbacks.is_empty()
+        || match wakers {
+            Wakers::Few(few) => few.iter().any(Option::is_some),
+            Wakers::Many(many) => !many.is_empty(),
+        }
 }
 
 /// Resumes a panic caught during a fan-out.

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use crate::shared::Shared;
 use crate::sync::Arc;
+use crate::telemetry::{self, Refused};
 use crate::{Changed, Cursor, Epoch, Version, WaitError};
 
 pub use crate::registration::Registration;
@@ -142,6 +143,7 @@ impl WaitState {
                     if inner.refuses_waits() {
                         self.release(&mut inner);
                         drop(inner);
+                        telemetry::refused(&shared.telemetry, Refused::Closed);
                         return self.finish(Err(WaitError::Closed));
                     }
                     if let Some(answer) =
@@ -155,9 +157,9 @@ impl WaitState {
                         inner.streams_out -= 1;
                     } else if inner.places() >= shared.max_waiters {
                         drop(inner);
-                        return self.finish(Err(WaitError::Full {
-                            limit: shared.max_waiters,
-                        }));
+                        let limit = shared.max_waiters;
+                        telemetry::refused(&shared.telemetry, Refused::Full { limit });
+                        return self.finish(Err(WaitError::Full { limit }));
                     }
                     if self.kind != Kind::Future {
                         inner.streams_in += 1;
@@ -167,6 +169,8 @@ impl WaitState {
                     self.epoch = Some(inner.current().epoch);
                     self.generation = inner.generation;
                     self.phase = Phase::Registered;
+                    drop(inner);
+                    telemetry::waiter_added(&shared.telemetry);
                     return Poll::Pending;
                 }
                 Phase::Registered => {
@@ -236,6 +240,7 @@ impl WaitState {
             None
         };
         drop(inner);
+        telemetry::waiters_removed(&shared.telemetry, usize::from(waker.is_some()));
         // A waker's drop may run arbitrary code: not under our lock.
         drop(waker);
     }

@@ -14,6 +14,12 @@
 //! | `POST /cart`      | `session=<id>&action=add\|remove`, form-encoded, at most 8 KiB |
 //! | `GET /stats`      | held long polls, version, epoch                             |
 //! | `GET /healthz`    | `200` once the server accepts requests                      |
+//! | `GET /metrics`    | Prometheus text: `longpoll_*` (with `--features metrics`) and the cart's `shopping_cart_*` gauges |
+//!
+//! Logs go to stderr, filtered by `RUST_LOG` (default `info`); with
+//! `--features tracing` they include `longpoll`'s events
+//! (`RUST_LOG=info,longpoll=debug` for refused waits and resyncs,
+//! `longpoll::publish=trace` for every publish).
 //!
 //! The files:
 //!
@@ -27,6 +33,7 @@
 //!   `--max-header-bytes`, the header and idle timeouts);
 //! * `tracker.rs`: the open connections, swept for idle ones, and drained
 //!   on shutdown;
+//! * `telemetry.rs`: the Prometheus recorder behind `/metrics`, and the logs;
 //! * `index.html`: the page, served with the state filled in, and
 //!   `page.js`, its script (vanilla JS); `assets.rs` serves the script and
 //!   the icon, `favicon.svg`, and holds the page's Content-Security-Policy.
@@ -40,6 +47,7 @@ mod cart;
 mod conn;
 mod redis_store;
 mod routes;
+mod telemetry;
 mod tracker;
 
 use std::future::Future;
@@ -111,6 +119,8 @@ impl Args {
     /// The app these flags ask for: in this process, or on Redis with
     /// `--redis` (which fails if Redis does not answer).
     pub(crate) async fn connect_app(&self) -> std::io::Result<Arc<App>> {
+        // Before any broadcaster is built: each registers its metrics then.
+        telemetry::recorder();
         match &self.redis {
             None => Ok(self.app()),
             Some(url) => redis_store::app(self, url).await,
@@ -118,6 +128,7 @@ impl Args {
     }
 
     pub(crate) fn app(&self) -> Arc<App> {
+        telemetry::recorder();
         Arc::new(App::new(
             self.inventory,
             self.poll_timeout,
@@ -165,6 +176,7 @@ fn seconds(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    telemetry::init_logs();
     // Before listening: with `--redis`, a Redis that does not answer is an
     // error at start, not a server that answers 503 to everything.
     let app = match args.connect_app().await {
@@ -204,7 +216,7 @@ pub(crate) async fn serve_with(
                     Err(e) => {
                         // Out of file descriptors, most likely: back off
                         // instead of spinning on the same error.
-                        eprintln!("accept error: {e}");
+                        tracing::warn!("accept error: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -241,7 +253,7 @@ pub(crate) async fn serve_with(
     app.close();
     tracker.drain();
     if tokio::time::timeout(DRAIN, slots.all_free()).await.is_err() {
-        eprintln!("some connections did not finish in time; closing them");
+        tracing::warn!("some connections did not finish in time; closing them");
         tracker.close_all();
     }
     sweep.abort();

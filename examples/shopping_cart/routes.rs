@@ -133,6 +133,8 @@ pub(crate) fn route(app: &Arc<App>, req: Request<Incoming>, busy: Busy) -> Answe
         (&Method::GET | &Method::HEAD, "/stats") => ready(busy, stats(app)),
         (&Method::GET | &Method::HEAD, "/healthz") => ready(busy, text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/longpoll.js") => ready(busy, client_js(req.headers())),
+        (&Method::GET | &Method::HEAD, "/metrics") => ready(busy, metrics(app)),
+        (_, "/metrics") => ready(busy, method_not_allowed("GET, HEAD")),
         (&Method::GET | &Method::HEAD, path) if assets::is_asset(path) => {
             let resp = assets::get(path, req.headers()).expect("an asset");
             ready(busy, resp)
@@ -350,6 +352,22 @@ fn stats(app: &App) -> Response<Bytes> {
             "epoch": current.epoch().to_string(),
         }),
     )
+}
+
+/// `GET /metrics`: every metric in Prometheus's text format, after setting
+/// the cart's own gauges (units in stock, polls held now).
+fn metrics(app: &App) -> Response<Bytes> {
+    let b = app.store.broadcaster();
+    metrics::gauge!("shopping_cart_stock_units").set(b.current().value().count);
+    metrics::gauge!("shopping_cart_held_polls").set(b.waiter_count() as f64);
+    let mut resp = Response::new(Bytes::from(super::telemetry::render()));
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, NO_STORE);
+    resp
 }
 
 /// The `session` cookie, if the request has one that looks like an id this

@@ -24,6 +24,7 @@ use super::request::{parse_timeout, PollConfig, RequestError, MAX_EPOCH_LEN};
 use super::{BodyFormat, LongPoll};
 use crate::keyed::{Keyed, TooManyKeys, WaitMany};
 use crate::sse::parse_event_id;
+use crate::telemetry::{self, Endpoint, Refused};
 use crate::{Changed, Cursor, Update, WaitError};
 
 /// The longest cursor accepted in `cursors`, in bytes: an epoch of
@@ -460,7 +461,10 @@ where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let broadcaster = self.hub.broadcaster(key)?;
+        let broadcaster = self
+            .hub
+            .broadcaster(key)
+            .inspect_err(|e| self.hub.refused(e))?;
         Ok(LongPoll::from_settings(broadcaster, self.settings.clone()))
     }
 }
@@ -529,10 +533,16 @@ where
                 KeyStart::Baseline | KeyStart::Foreign => {
                     let b = match self.hub.broadcaster(&key) {
                         Ok(b) => b,
-                        Err(e) => return self.too_many_keys(e),
+                        Err(e) => {
+                            self.hub.refused(&e);
+                            return self.too_many_keys(e);
+                        }
                     };
                     let answer = match start {
-                        KeyStart::Baseline if b.is_closed() => Err(WaitError::Closed),
+                        KeyStart::Baseline if b.is_closed() => {
+                            telemetry::refused(self.hub.telemetry(), Refused::Closed);
+                            Err(WaitError::Closed)
+                        }
                         KeyStart::Baseline => Ok(Changed::many(b.history(), None)),
                         _ => b.answer_foreign(),
                     };
@@ -597,6 +607,7 @@ where
         answers: Vec<(usize, KeyAnswer<T>)>,
     ) -> Response<Bytes> {
         for (_, a) in &answers {
+            telemetry::answered(self.hub.telemetry(), &a.answer, Endpoint::KeyedPoll);
             match &a.answer {
                 Ok(_) => {}
                 Err(WaitError::Full { .. }) => {

@@ -16,6 +16,7 @@ use super::answer::{
     APPLICATION_JSON, NO_STORE,
 };
 use super::request::{PollConfig, PollRequest, Position, RequestError};
+use crate::telemetry::{self, Endpoint, Refused};
 use crate::wait::WaitState;
 use crate::{Broadcaster, Changed, Update, WaitError, WaitTimeout};
 
@@ -250,6 +251,7 @@ impl<T> LongPoll<T> {
     fn start(&self, request: &PollRequest) -> Start<T> {
         if self.is_baseline(request) {
             let answer = if self.broadcaster.is_closed() {
+                telemetry::refused(&self.broadcaster.shared.telemetry, Refused::Closed);
                 Err(WaitError::Closed)
             } else {
                 Ok(Changed::many(self.broadcaster.history(), None))
@@ -335,6 +337,11 @@ impl<T> LongPoll<T> {
         request: &PollRequest,
         answer: Result<Changed<T>, WaitError>,
     ) -> Response<Bytes> {
+        telemetry::answered(
+            &self.broadcaster.shared.telemetry,
+            &answer,
+            Endpoint::LongPoll,
+        );
         match answer {
             Ok(changed) if self.is_baseline(request) => {
                 let body = self.settings.bodies.initial_envelope(&changed);

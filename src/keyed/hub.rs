@@ -54,6 +54,8 @@ pub(crate) struct Hub<K, T> {
     /// Told when a key gets or loses its live broadcaster (the Redis
     /// backplane's keyed hub listens); `None` for a plain hub.
     hooks: Option<Hooks<K, T>>,
+    /// Metric handles shared by every key's broadcaster, registered once.
+    pub(crate) telemetry: crate::telemetry::Handles,
 }
 
 /// What the Redis backplane's keyed hub (`redis::KeyedChannels`) hears of
@@ -172,6 +174,7 @@ impl<K, T> Hub<K, T> {
             configure,
             init,
             hooks,
+            telemetry: crate::telemetry::Handles::new(),
         }
     }
 
@@ -346,7 +349,8 @@ impl<K: Eq, T> Hub<K, T> {
                             drop(map);
                             drop(built.take());
                             let owned = key.to_owned();
-                            let broadcaster = (self.configure)(&owned).build_from(retained);
+                            let broadcaster = (self.configure)(&owned)
+                                .build_from_in(retained, self.telemetry.clone());
                             built = Some(Built {
                                 key: owned,
                                 broadcaster,
@@ -396,7 +400,8 @@ impl<K: Eq, T> Hub<K, T> {
                     }
                     drop(built.take());
                     let owned = key.to_owned();
-                    let broadcaster = (self.configure)(&owned).build((self.init)(&owned));
+                    let broadcaster = (self.configure)(&owned)
+                        .build_in((self.init)(&owned), self.telemetry.clone());
                     built = Some(Built {
                         key: owned,
                         broadcaster,

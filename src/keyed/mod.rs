@@ -230,6 +230,18 @@ impl<K, T> Keyed<K, T> {
         self.len() == 0
     }
 
+    /// The hub's metric handles, shared by its keys.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn telemetry(&self) -> &crate::telemetry::Handles {
+        &self.shared.telemetry
+    }
+
+    /// Records a wait refused for the key limit.
+    pub(crate) fn refused(&self, e: &TooManyKeys) {
+        let why = crate::telemetry::Refused::TooManyKeys { limit: e.limit };
+        crate::telemetry::refused(&self.shared.telemetry, why);
+    }
+
     /// The key limit (see [`KeyedBuilder::max_keys`]).
     pub fn max_keys(&self) -> usize {
         self.shared.max_keys
@@ -348,7 +360,8 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        Ok(self.broadcaster(key)?.wait_owned(cursor))
+        let broadcaster = self.broadcaster(key).inspect_err(|e| self.refused(e))?;
+        Ok(broadcaster.wait_owned(cursor))
     }
 
     /// Waits on several `(key, cursor)` pairs at once (creating keys as
@@ -406,7 +419,9 @@ impl<K: Hash + Eq + Clone, T> Keyed<K, T> {
         let pairs = pairs.into_iter();
         let mut waits = Vec::with_capacity(pairs.size_hint().0);
         for (key, cursor) in pairs {
-            let broadcaster = self.broadcaster::<K>(&key)?;
+            let broadcaster = self
+                .broadcaster::<K>(&key)
+                .inspect_err(|e| self.refused(e))?;
             let state = WaitState::new(&broadcaster.shared, cursor.into());
             waits.push(OneOfMany {
                 key,

@@ -40,6 +40,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.core.stopped.store(true, Ordering::Release);
         self.task.abort();
+        crate::telemetry::backplane_stopped(self.core.connected.load(Ordering::Acquire));
     }
 }
 
@@ -56,6 +57,9 @@ pub(super) struct Core {
     pub(super) subscriber: Subscriber,
     /// Subscribed and caught up.
     pub(super) connected: AtomicBool,
+    /// What telemetry knows of the subscription's outages (see
+    /// [`Core::set_connected`]).
+    pub(super) link: Mutex<crate::telemetry::Link>,
     /// Set when the last handle is gone: retry loops of resyncs stop.
     pub(super) stopped: AtomicBool,
     pub(super) stats: Counters,
@@ -258,6 +262,7 @@ impl Builder {
             channels: RwLock::new(HashMap::new()),
             subscriber,
             connected: AtomicBool::new(false),
+            link: Mutex::new(crate::telemetry::Link::default()),
             stopped: AtomicBool::new(false),
             stats: Counters::default(),
             last_error: Mutex::new(None),
@@ -278,6 +283,7 @@ impl Builder {
                 Start::Cluster(events)
             }
         };
+        crate::telemetry::backplane_connected(&core.prefix);
         let task = tokio::spawn(run(Arc::clone(&core), start)).abort_handle();
         Ok(Backplane {
             shared: Arc::new(Handle { core, task }),

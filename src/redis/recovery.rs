@@ -105,6 +105,7 @@ impl Core {
                 relay.sync().applied(starting);
                 if restarted {
                     self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::epoch_restarted(relay.keys().channel(), relay.position().0);
                 }
                 self.channel_healed(relay);
                 Ok(())
@@ -145,6 +146,7 @@ impl Core {
             guards.push(relay.sync().lock.lock().await);
             starting.push(relay.sync().starting());
         }
+        let catch_up = crate::telemetry::catch_up_started(relays.iter().map(|r| r.position()));
         let calls: Vec<ScriptCall> = relays.iter().map(|r| self.relay_call(&**r)).collect();
         let replies = self
             .run_scripts(&self.sync_script, SYNC_LUA, &calls)
@@ -168,6 +170,7 @@ impl Core {
                 }
             }
         }
+        crate::telemetry::caught_up(catch_up, relays.iter().map(|r| r.position()));
         drop(guards);
         unavailable.map_or(Ok(()), Err)
     }
@@ -242,8 +245,9 @@ impl Core {
             relay.sync().stale.store(true, Ordering::Release);
             return;
         }
-        if relay.set_failure(Some(error)) {
+        if relay.set_failure(Some(Arc::clone(&error))) {
             self.stats.channel_failures.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::channel_broke(relay.keys().channel(), &error);
         }
     }
 
@@ -251,17 +255,15 @@ impl Core {
     fn channel_healed(&self, relay: &dyn Relay) {
         if relay.set_failure(None) {
             self.stats.healed.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::channel_healed(relay.keys().channel());
         }
     }
 
     /// Every Pub/Sub message that cannot be relayed goes through here: the
     /// channel is read again, which tells whether its state is usable.
-    pub(super) fn message_rejected(
-        self: &Arc<Self>,
-        relay: Arc<dyn Relay>,
-        _error: BackplaneError,
-    ) {
+    pub(super) fn message_rejected(self: &Arc<Self>, relay: Arc<dyn Relay>, error: BackplaneError) {
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::message_rejected(relay.keys().channel(), &error);
         self.request_resync(relay);
     }
 }

@@ -203,6 +203,20 @@ pub(super) async fn run(core: Arc<Core>, start: Start) {
     }
 }
 
+impl Core {
+    /// Records whether the subscription is up (subscribed where it must be,
+    /// and caught up), and tells telemetry of each change: `reason` says
+    /// why it went down.
+    pub(super) fn set_connected(&self, up: bool, reason: &str) {
+        let mut link = self.link.lock();
+        match (self.connected.swap(up, Ordering::AcqRel), up) {
+            (false, true) => crate::telemetry::subscription_up(&mut link),
+            (true, false) => crate::telemetry::subscription_lost(&mut link, reason),
+            _ => {}
+        }
+    }
+}
+
 /// One Redis: relays messages, checks the channels with local waiters
 /// every `check_interval`, and on any failure reconnects, resubscribes and
 /// catches every channel up.
@@ -228,6 +242,7 @@ async fn run_single(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubStream
         let (sink, mut stream) = match up {
             Ok(up) => up,
             Err(e) => {
+                crate::telemetry::reconnect_failed(&mut core.link.lock(), &e);
                 core.subscription_failed(e);
                 *live.lock().await = None;
                 tokio::time::sleep(jitter(backoff)).await;
@@ -235,7 +250,7 @@ async fn run_single(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubStream
                 continue;
             }
         };
-        core.connected.store(true, Ordering::Release);
+        core.set_connected(true, "");
         backoff = core.config.backoff_min;
 
         let pinger = keep_alive(sink, core.config.ping_interval, core.config.command_timeout);
@@ -257,7 +272,7 @@ async fn run_single(core: Arc<Core>, mut first: Option<(PubSubSink, PubSubStream
             }
         };
 
-        core.connected.store(false, Ordering::Release);
+        core.set_connected(false, lost);
         core.subscription_failed(BackplaneError::new(Kind::Unavailable, lost));
         *live.lock().await = None;
         // If Redis restarted, the command connection is dead too: open a
@@ -290,14 +305,14 @@ async fn run_cluster(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Push>) {
     let mut check = tokio::time::interval(core.config.check_interval);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
-    core.connected.store(true, Ordering::Release);
+    core.set_connected(true, "");
     loop {
         let keep_alive = tokio::select! {
             push = rx.recv() => {
                 let Some(push) = push else { return };
                 match shards.on_push(push) {
                     Pushed::Message { channel, payload } => core.dispatch(&channel, &payload),
-                    Pushed::Repair => core.connected.store(false, Ordering::Release),
+                    Pushed::Repair => core.set_connected(false, "a shard's subscription lost its place"),
                     Pushed::Nothing => {}
                 }
                 continue;
@@ -343,7 +358,7 @@ async fn run_cluster(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<Push>) {
                 if !shards.is_settled() {
                     shards.attend();
                 }
-                core.connected.store(shards.is_up(), Ordering::Release);
+                core.set_connected(shards.is_up(), "a shard's subscription is not placed yet");
             }
             busy.store(false, Ordering::Release);
         });

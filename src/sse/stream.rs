@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::{event_id, SseConfig, KEEP_ALIVE};
 use crate::broadcaster::Watcher;
 use crate::http::answer::{error_body, resync_json, Bodies};
+use crate::telemetry::{self, Endpoint::Sse};
 use crate::wait::WaitState;
 use crate::{Broadcaster, Changed, Cursor, Resync, Update, WaitError};
 
@@ -142,6 +143,7 @@ impl<T> EventStream<T> {
         let state = self.state.as_mut().expect("set by the first frame");
         match state.poll(&self.broadcaster.shared, cx) {
             Poll::Ready(Ok(changed)) => {
+                telemetry::resync(&self.broadcaster.shared.telemetry, changed.resync(), Sse);
                 state.advance(&changed);
                 let frame = self.changed_frame(&changed);
                 self.reset_keep_alive();

@@ -1,0 +1,653 @@
+//! Tracing events and metrics, behind the `tracing` and `metrics` features.
+//!
+//! Every call site in the crate is one line that calls a function of this
+//! module, and every function here compiles to nothing when both features
+//! are off: [`Handles`] and the small values passed in are then empty, so
+//! the default build neither stores nor does anything more. The events and
+//! metrics are listed in the crate documentation (`src/lib.rs`, section
+//! "Observability").
+//!
+//! # What the hot paths pay
+//!
+//! - A registration: with `metrics`, one increment of the waiters gauge
+//!   through a handle registered when the broadcaster was built (no
+//!   registry lookup), after the lock is released. Nothing with `tracing`.
+//! - A publish: with `metrics`, a counter increment, and if it woke
+//!   anyone, two clock reads, a gauge decrement and two histogram records.
+//!   With `tracing`, one check whether its `TRACE` event is enabled (and,
+//!   only if it is, two clock reads and the event). Nothing per waiter
+//!   beyond counting it.
+//! - A refused wait or a resync answer: a counter increment and a `DEBUG`
+//!   event.
+//!
+//! A broadcaster registers its metric handles with the recorder in place
+//! when it is built ([`Handles::new`]); a keyed hub does so once, for all
+//! its keys. So a recorder must be installed before the broadcasters are
+//! built; the backplane's metrics (rare events) are looked up when they
+//! happen.
+//!
+//! No recorder or subscriber code runs under a lock of the crate.
+
+// What a build without some of the features does not use.
+#![cfg_attr(
+    not(all(feature = "tracing", feature = "metrics", feature = "http")),
+    allow(dead_code)
+)]
+
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+use std::time::Instant;
+
+use crate::{Changed, Epoch, Resync, Version, WaitError};
+
+/// The `tracing` targets.
+#[cfg(feature = "tracing")]
+mod target {
+    pub(super) const PUBLISH: &str = "longpoll::publish";
+    pub(super) const WAIT: &str = "longpoll::wait";
+    pub(super) const RESYNC: &str = "longpoll::resync";
+    #[cfg(feature = "redis")]
+    pub(super) const BACKPLANE: &str = "longpoll::backplane";
+}
+
+/// The metric names.
+#[cfg(feature = "metrics")]
+mod name {
+    pub(super) const WAITERS: &str = "longpoll_waiters";
+    pub(super) const PUBLISHES: &str = "longpoll_publishes_total";
+    pub(super) const FANOUT_SECONDS: &str = "longpoll_fanout_duration_seconds";
+    pub(super) const FANOUT_WAITERS: &str = "longpoll_fanout_waiters";
+    pub(super) const REFUSED: &str = "longpoll_refused_waits_total";
+    pub(super) const RESYNCS: &str = "longpoll_resyncs_total";
+}
+
+/// The metric handles of one broadcaster, or of every key of a keyed hub:
+/// registered once, when it is built, so that no registration or publish
+/// looks anything up. Empty without the `metrics` feature.
+#[derive(Clone)]
+pub(crate) struct Handles {
+    #[cfg(feature = "metrics")]
+    m: std::sync::Arc<Metrics>,
+}
+
+#[cfg(feature = "metrics")]
+struct Metrics {
+    waiters: metrics::Gauge,
+    publishes: metrics::Counter,
+    fanout_seconds: metrics::Histogram,
+    fanout_waiters: metrics::Histogram,
+    refused_full: metrics::Counter,
+    refused_closed: metrics::Counter,
+    refused_too_many_keys: metrics::Counter,
+    resync_lagged: metrics::Counter,
+    resync_ahead: metrics::Counter,
+    resync_other_epoch: metrics::Counter,
+}
+
+impl Handles {
+    /// Registers (and describes) the core's metrics with the recorder in
+    /// place now: the thread's local one, else the global one, else none.
+    #[inline]
+    pub(crate) fn new() -> Self {
+        Handles {
+            #[cfg(feature = "metrics")]
+            m: std::sync::Arc::new(Metrics::register()),
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Metrics {
+    fn register() -> Self {
+        use metrics::{counter, describe_counter, describe_gauge, describe_histogram};
+        use metrics::{gauge, histogram, Unit};
+        use name::*;
+        describe_gauge!(
+            WAITERS,
+            Unit::Count,
+            "Waiters registered now (futures, callbacks and streams that wait), over every broadcaster"
+        );
+        describe_counter!(
+            PUBLISHES,
+            Unit::Count,
+            "Publishes (notify, modify, publish_at, restart)"
+        );
+        describe_histogram!(
+            FANOUT_SECONDS,
+            Unit::Seconds,
+            "Time a publish that woke anyone took to wake every waiter, outside the lock"
+        );
+        describe_histogram!(
+            FANOUT_WAITERS,
+            Unit::Count,
+            "Waiters woken by a publish that woke anyone"
+        );
+        describe_counter!(
+            REFUSED,
+            Unit::Count,
+            "Waits refused at once: full (waiter limit), closed (or a broken backplane channel), too_many_keys"
+        );
+        describe_counter!(
+            RESYNCS,
+            Unit::Count,
+            "Answers (long poll, keyed poll, SSE) that told a client to start over: lagged, ahead, other_epoch"
+        );
+        Metrics {
+            waiters: gauge!(WAITERS),
+            publishes: counter!(PUBLISHES),
+            fanout_seconds: histogram!(FANOUT_SECONDS),
+            fanout_waiters: histogram!(FANOUT_WAITERS),
+            refused_full: counter!(REFUSED, "reason" => "full"),
+            refused_closed: counter!(REFUSED, "reason" => "closed"),
+            refused_too_many_keys: counter!(REFUSED, "reason" => "too_many_keys"),
+            resync_lagged: counter!(RESYNCS, "reason" => "lagged"),
+            resync_ahead: counter!(RESYNCS, "reason" => "ahead"),
+            resync_other_epoch: counter!(RESYNCS, "reason" => "other_epoch"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handles").finish_non_exhaustive()
+    }
+}
+
+// ------------------------------------------------------------------ waiters
+
+/// A waiter entered a broadcaster's list (call after the lock is released).
+#[inline(always)]
+pub(crate) fn waiter_added(h: &Handles) {
+    let _ = h;
+    #[cfg(feature = "metrics")]
+    h.m.waiters.increment(1.0);
+}
+
+/// `n` waiters left a list without a fan-out: cancelled (call after the
+/// lock is released).
+#[inline(always)]
+pub(crate) fn waiters_removed(h: &Handles, n: usize) {
+    let _ = (h, n);
+    #[cfg(feature = "metrics")]
+    if n > 0 {
+        h.m.waiters.decrement(n as f64);
+    }
+}
+
+/// Why a wait was refused at once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Refused {
+    /// The waiter limit.
+    Full { limit: usize },
+    /// Closed, or the backplane channel behind the broadcaster is broken.
+    Closed,
+    /// A keyed hub's key limit.
+    TooManyKeys { limit: usize },
+}
+
+impl Refused {
+    #[cfg(feature = "tracing")]
+    fn reason(self) -> &'static str {
+        match self {
+            Refused::Full { .. } => "full",
+            Refused::Closed => "closed",
+            Refused::TooManyKeys { .. } => "too_many_keys",
+        }
+    }
+}
+
+/// A wait was refused at once (call after the lock is released).
+#[inline]
+pub(crate) fn refused(h: &Handles, why: Refused) {
+    let _ = (h, why);
+    #[cfg(feature = "metrics")]
+    match why {
+        Refused::Full { .. } => h.m.refused_full.increment(1),
+        Refused::Closed => h.m.refused_closed.increment(1),
+        Refused::TooManyKeys { .. } => h.m.refused_too_many_keys.increment(1),
+    }
+    #[cfg(feature = "tracing")]
+    match why {
+        Refused::Full { limit } | Refused::TooManyKeys { limit } => {
+            tracing::debug!(target: target::WAIT, reason = why.reason(), limit, "wait refused");
+        }
+        Refused::Closed => {
+            tracing::debug!(target: target::WAIT, reason = why.reason(), "wait refused")
+        }
+    }
+}
+
+// ------------------------------------------------------------------ fan-out
+
+/// What a fan-out answers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum FanOut {
+    /// A publish of this version.
+    Publish(Version),
+    /// A restart at this epoch and version.
+    Restart(Epoch, Version),
+    /// A close: every waiter gets `Closed`.
+    Close,
+    /// A backplane channel broke: every waiter gets `Closed`.
+    Failing,
+}
+
+impl FanOut {
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    fn is_publish(self) -> bool {
+        matches!(self, FanOut::Publish(_) | FanOut::Restart(..))
+    }
+}
+
+/// When a fan-out started, if anyone wants to know how long it took.
+pub(crate) struct Timer {
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    start: Option<Instant>,
+}
+
+/// Starts timing a fan-out of `what` that wakes anyone (`any`): reads the
+/// clock only if a metric or an enabled event will use it.
+#[inline(always)]
+pub(crate) fn fan_out_started(what: FanOut, any: bool) -> Timer {
+    let _ = (what, any);
+    Timer {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        start: (any && what.is_publish() && timed(what)).then(Instant::now),
+    }
+}
+
+/// Whether a metric or an enabled event uses a publish's fan-out time.
+#[cfg(feature = "metrics")]
+#[inline(always)]
+fn timed(_: FanOut) -> bool {
+    true
+}
+
+/// Whether an enabled event uses a publish's fan-out time.
+#[cfg(all(feature = "tracing", not(feature = "metrics")))]
+#[inline(always)]
+fn timed(what: FanOut) -> bool {
+    match what {
+        FanOut::Publish(_) => tracing::enabled!(target: target::PUBLISH, tracing::Level::TRACE),
+        _ => tracing::enabled!(target: target::PUBLISH, tracing::Level::DEBUG),
+    }
+}
+
+/// A fan-out of `what` woke (or called) `woken` waiters, which have left
+/// the list.
+#[inline]
+pub(crate) fn fanned_out(h: &Handles, what: FanOut, woken: usize, timer: Timer) {
+    let _ = (h, what, woken, &timer);
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    let elapsed = timer.start.map(|t| t.elapsed());
+    #[cfg(feature = "metrics")]
+    {
+        let m = &h.m;
+        if what.is_publish() {
+            m.publishes.increment(1);
+        }
+        if woken > 0 {
+            m.waiters.decrement(woken as f64);
+            if let Some(elapsed) = elapsed {
+                m.fanout_seconds.record(elapsed);
+                m.fanout_waiters.record(woken as f64);
+            }
+        }
+    }
+    #[cfg(feature = "tracing")]
+    {
+        let fanout_ns = elapsed.map_or(0, |e| u64::try_from(e.as_nanos()).unwrap_or(u64::MAX));
+        match what {
+            FanOut::Publish(version) => tracing::trace!(
+                target: target::PUBLISH,
+                version = version.get(),
+                waiters = woken,
+                fanout_ns,
+                "published"
+            ),
+            FanOut::Restart(epoch, version) => tracing::debug!(
+                target: target::PUBLISH,
+                %epoch,
+                version = version.get(),
+                waiters = woken,
+                fanout_ns,
+                "restarted under a new epoch"
+            ),
+            FanOut::Close => {
+                tracing::debug!(target: target::PUBLISH, waiters = woken, "closed");
+            }
+            FanOut::Failing => tracing::debug!(
+                target: target::PUBLISH,
+                waiters = woken,
+                "failing: waiters answered closed"
+            ),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ answers
+
+/// The endpoint that answered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Endpoint {
+    LongPoll,
+    KeyedPoll,
+    Sse,
+}
+
+impl Endpoint {
+    #[cfg(feature = "tracing")]
+    fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::LongPoll => "long_poll",
+            Endpoint::KeyedPoll => "keyed_poll",
+            Endpoint::Sse => "sse",
+        }
+    }
+}
+
+/// An endpoint answers with `answer`: counts a resync if it is one.
+#[inline]
+pub(crate) fn answered<T>(h: &Handles, answer: &Result<Changed<T>, WaitError>, via: Endpoint) {
+    if let Ok(changed) = answer {
+        resync(h, changed.resync(), via);
+    }
+}
+
+/// An endpoint answers with `resync` (nothing if `None`).
+#[inline]
+pub(crate) fn resync(h: &Handles, resync: Option<Resync>, via: Endpoint) {
+    let _ = (h, via);
+    let Some(resync) = resync else { return };
+    #[cfg(feature = "metrics")]
+    match resync {
+        Resync::Lagged { .. } => h.m.resync_lagged.increment(1),
+        Resync::Ahead => h.m.resync_ahead.increment(1),
+        Resync::OtherEpoch => h.m.resync_other_epoch.increment(1),
+    }
+    #[cfg(feature = "tracing")]
+    match resync {
+        Resync::Lagged { skipped } => tracing::debug!(
+            target: target::RESYNC,
+            reason = "lagged",
+            skipped,
+            endpoint = via.as_str(),
+            "resync"
+        ),
+        Resync::Ahead => tracing::debug!(
+            target: target::RESYNC,
+            reason = "ahead",
+            endpoint = via.as_str(),
+            "resync"
+        ),
+        Resync::OtherEpoch => tracing::debug!(
+            target: target::RESYNC,
+            reason = "other_epoch",
+            endpoint = via.as_str(),
+            "resync"
+        ),
+    }
+    #[cfg(not(any(feature = "tracing", feature = "metrics")))]
+    let _ = resync;
+}
+
+// ---------------------------------------------------------------- backplane
+
+#[cfg(feature = "redis")]
+pub(crate) use backplane::*;
+
+/// The backplane's events: rare, so each metric is looked up when it
+/// happens, with the recorder in place then.
+#[cfg(feature = "redis")]
+mod backplane {
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    use std::time::Instant;
+
+    #[cfg(feature = "tracing")]
+    use super::target::BACKPLANE;
+    use crate::redis::BackplaneError;
+    use crate::{Epoch, Version};
+
+    #[cfg(feature = "metrics")]
+    mod name {
+        pub(super) const CONNECTED: &str = "longpoll_backplane_connected";
+        pub(super) const RECONNECTS: &str = "longpoll_backplane_reconnects_total";
+        pub(super) const DOWNTIME: &str = "longpoll_backplane_downtime_seconds";
+        pub(super) const CATCHUP_VERSIONS: &str = "longpoll_backplane_catchup_versions";
+        pub(super) const CATCHUP_SECONDS: &str = "longpoll_backplane_catchup_duration_seconds";
+        pub(super) const RESTARTS: &str = "longpoll_backplane_epoch_restarts_total";
+        pub(super) const FAILURES: &str = "longpoll_backplane_channel_failures_total";
+        pub(super) const HEALS: &str = "longpoll_backplane_channel_heals_total";
+        pub(super) const REJECTED: &str = "longpoll_backplane_rejected_messages_total";
+    }
+
+    #[cfg(feature = "metrics")]
+    fn describe() {
+        use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+        use name::*;
+        describe_gauge!(
+            CONNECTED,
+            Unit::Count,
+            "Backplanes whose subscription is up and caught up"
+        );
+        describe_counter!(
+            RECONNECTS,
+            Unit::Count,
+            "Times a backplane's subscription was lost"
+        );
+        describe_histogram!(
+            DOWNTIME,
+            Unit::Seconds,
+            "From a subscription lost to subscribed and caught up again"
+        );
+        describe_histogram!(
+            CATCHUP_VERSIONS,
+            Unit::Count,
+            "Versions a catch-up after (re)subscribing moved the channels forward, summed over channels"
+        );
+        describe_histogram!(
+            CATCHUP_SECONDS,
+            Unit::Seconds,
+            "Time of a catch-up read of every channel"
+        );
+        describe_counter!(
+            RESTARTS,
+            Unit::Count,
+            "Channels moved to a new epoch: Redis lost their data or came back behind"
+        );
+        describe_counter!(
+            FAILURES,
+            Unit::Count,
+            "Times a channel broke (unusable data in Redis)"
+        );
+        describe_counter!(HEALS, Unit::Count, "Times a broken channel healed");
+        describe_counter!(
+            REJECTED,
+            Unit::Count,
+            "Pub/Sub messages that did not parse or decode"
+        );
+    }
+
+    /// A backplane connected to Redis (its first subscription is opened).
+    pub(crate) fn backplane_connected(prefix: &str) {
+        let _ = prefix;
+        #[cfg(feature = "metrics")]
+        describe();
+        #[cfg(feature = "tracing")]
+        tracing::info!(target: BACKPLANE, prefix, "backplane connected");
+    }
+
+    /// The subscription task's view of its link: since when it is down,
+    /// and how many attempts failed since. Empty without the features.
+    #[derive(Default)]
+    pub(crate) struct Link {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        down_since: Option<Instant>,
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        attempts: u32,
+    }
+
+    /// Subscribed to every channel and caught up: the link is up.
+    pub(crate) fn subscription_up(link: &mut Link) {
+        let _ = &link;
+        #[cfg(feature = "metrics")]
+        metrics::gauge!(name::CONNECTED).increment(1.0);
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if let Some(since) = link.down_since.take() {
+            let down = since.elapsed();
+            let attempts = std::mem::take(&mut link.attempts) + 1;
+            let _ = attempts;
+            #[cfg(feature = "metrics")]
+            metrics::histogram!(name::DOWNTIME).record(down);
+            #[cfg(feature = "tracing")]
+            tracing::info!(
+                target: BACKPLANE,
+                downtime_ms = u64::try_from(down.as_millis()).unwrap_or(u64::MAX),
+                attempts,
+                "backplane subscription restored"
+            );
+        } else {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(target: BACKPLANE, "backplane subscribed");
+        }
+    }
+
+    /// The live subscription was lost (`reason`): the task reconnects.
+    pub(crate) fn subscription_lost(link: &mut Link, reason: &str) {
+        let _ = (&link, reason);
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        {
+            link.down_since = Some(Instant::now());
+            link.attempts = 0;
+        }
+        #[cfg(feature = "metrics")]
+        {
+            metrics::gauge!(name::CONNECTED).decrement(1.0);
+            metrics::counter!(name::RECONNECTS).increment(1);
+        }
+        #[cfg(feature = "tracing")]
+        tracing::warn!(target: BACKPLANE, reason, "backplane subscription lost; reconnecting");
+    }
+
+    /// An attempt to subscribe (and catch up) failed: the first of an
+    /// outage at `WARN`, the next ones at `DEBUG`.
+    pub(crate) fn reconnect_failed(link: &mut Link, error: &BackplaneError) {
+        let _ = (&link, error);
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        {
+            link.down_since.get_or_insert_with(Instant::now);
+            link.attempts += 1;
+        }
+        #[cfg(feature = "tracing")]
+        if link.attempts == 1 {
+            tracing::warn!(target: BACKPLANE, %error, "backplane cannot subscribe; retrying with backoff");
+        } else {
+            tracing::debug!(target: BACKPLANE, %error, attempts = link.attempts, "backplane cannot subscribe yet");
+        }
+    }
+
+    /// The backplane's last handle is gone; `connected`: its link was up.
+    pub(crate) fn backplane_stopped(connected: bool) {
+        let _ = connected;
+        #[cfg(feature = "metrics")]
+        if connected {
+            metrics::gauge!(name::CONNECTED).decrement(1.0);
+        }
+        #[cfg(feature = "tracing")]
+        tracing::debug!(target: BACKPLANE, "backplane stopped");
+    }
+
+    /// A catch-up of every channel started, from these positions.
+    pub(crate) struct CatchUp {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        start: Instant,
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        before: Vec<(Epoch, Version)>,
+    }
+
+    /// A catch-up starts; `before`: each channel's position (not read
+    /// without the features).
+    pub(crate) fn catch_up_started(before: impl Iterator<Item = (Epoch, Version)>) -> CatchUp {
+        let _ = &before;
+        CatchUp {
+            #[cfg(any(feature = "tracing", feature = "metrics"))]
+            start: Instant::now(),
+            #[cfg(any(feature = "tracing", feature = "metrics"))]
+            before: before.collect(),
+        }
+    }
+
+    /// The catch-up is applied; `after`: each channel's position, in the
+    /// same order. A channel on a new epoch counts as restarted, not in
+    /// versions.
+    pub(crate) fn caught_up(catch_up: CatchUp, after: impl Iterator<Item = (Epoch, Version)>) {
+        let _ = (&catch_up, &after);
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        {
+            let elapsed = catch_up.start.elapsed();
+            let (mut versions, mut restarted) = (0u64, 0usize);
+            for ((e0, v0), (e1, v1)) in catch_up.before.iter().zip(after) {
+                if *e0 == e1 {
+                    versions += v1.get().saturating_sub(v0.get());
+                } else {
+                    restarted += 1;
+                }
+            }
+            let _ = restarted;
+            #[cfg(feature = "metrics")]
+            {
+                metrics::histogram!(name::CATCHUP_VERSIONS).record(versions as f64);
+                metrics::histogram!(name::CATCHUP_SECONDS).record(elapsed);
+            }
+            #[cfg(feature = "tracing")]
+            tracing::info!(
+                target: BACKPLANE,
+                channels = catch_up.before.len(),
+                versions,
+                restarted,
+                elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                "backplane caught up"
+            );
+        }
+    }
+
+    /// `channel` moved to a new epoch, `epoch`.
+    pub(crate) fn epoch_restarted(channel: &str, epoch: Epoch) {
+        let _ = (channel, epoch);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(name::RESTARTS).increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            target: BACKPLANE,
+            channel,
+            %epoch,
+            "channel restarted under a new epoch: Redis lost its data or came back behind"
+        );
+    }
+
+    /// `channel` broke: what Redis holds for it is unusable.
+    pub(crate) fn channel_broke(channel: &str, error: &BackplaneError) {
+        let _ = (channel, error);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(name::FAILURES).increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(target: BACKPLANE, channel, %error, "channel broken; its waits are refused until it heals");
+    }
+
+    /// `channel`, broken, holds a usable state again.
+    pub(crate) fn channel_healed(channel: &str) {
+        let _ = channel;
+        #[cfg(feature = "metrics")]
+        metrics::counter!(name::HEALS).increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::info!(target: BACKPLANE, channel, "channel healed");
+    }
+
+    /// A Pub/Sub message of `channel` could not be relayed.
+    pub(crate) fn message_rejected(channel: &str, error: &BackplaneError) {
+        let _ = (channel, error);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(name::REJECTED).increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(target: BACKPLANE, channel, %error, "message rejected; reading the channel again");
+    }
+}
