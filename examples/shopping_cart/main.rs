@@ -10,6 +10,7 @@
 //! |-------------------|-------------------------------------------------------------|
 //! | `GET /`           | the page, with a `session` cookie for a new visitor         |
 //! | `GET /page.js`    | the page's script; `GET /favicon.ico`: its icon             |
+//! | `GET /longpoll.js` | the browser client the script imports (`longpoll::http::CLIENT_JS`) |
 //! | `GET /status`     | the long poll: `since`, `epoch`, `timeout`, `If-None-Match` |
 //! | `POST /cart`      | `session=<id>&action=add\|remove`, form-encoded, at most 8 KiB |
 //! | `GET /stats`      | held long polls, version, epoch                             |

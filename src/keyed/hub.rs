@@ -370,8 +370,10 @@ impl<K: Eq, T> Hub<K, T> {
                             ..
                         } = built.take().expect("checked");
                         self.close_if_closed(&b);
-                        // The hooks get their own copy of the key, made
-                        // outside the lock (like every `to_owned`).
+                        // The hooks get their own copy of the key. This one
+                        // is made under the lock, but hooks are
+                        // crate-internal and installed only on `str` keys
+                        // (the Redis keyed hub), so no user code runs here.
                         let told = self.hooks.as_ref().map(|_| key.to_owned());
                         let entry = Entry {
                             hash,
@@ -449,6 +451,8 @@ impl<K: Eq, T> Hub<K, T> {
                 // Unused but not idle long enough: keep only what a cursor
                 // needs (epoch, versions, retained values). The broadcaster
                 // is dropped after the lock is released.
+                // (With hooks, the key is cloned here, under the lock: hooks
+                // are crate-internal, on `String` keys only.)
                 let parked = Slot::Parked(b.history().into_boxed_slice());
                 if let Slot::Live(b) = std::mem::replace(&mut entry.slot, parked) {
                     retired.push((hooked.then(|| entry.key.clone()), b));

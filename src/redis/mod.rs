@@ -72,8 +72,9 @@
 //! subscribed on an instance only while it is live there (in use, or used
 //! recently): its first use subscribes it and reads its state and history
 //! from Redis, in a batch with the other keys that came live meanwhile
-//! (one `SUBSCRIBE` of up to 10 000 channels, or one pipeline of
-//! `SSUBSCRIBE` per master, then one pipeline of reads); only that key's
+//! (up to 1 000 keys at a time: one `SUBSCRIBE` of them, or one pipeline
+//! of `SSUBSCRIBE` per master, then one pipeline of reads; a resubscribe
+//! after a reconnect sends up to 10 000 channels per `SUBSCRIBE`); only that key's
 //! waiters wait for it. When the local sweep parks or removes the key, it
 //! is unsubscribed, in batches too. Reading a key never creates anything in
 //! Redis: a key that Redis does not hold is at its *absent* state (version
