@@ -308,6 +308,7 @@ mod client;
 mod form;
 mod if_none_match;
 mod keyed;
+mod keyed_request;
 mod long_poll;
 mod request;
 #[cfg(feature = "tower")]
@@ -324,10 +325,8 @@ pub const EXPOSED_HEADERS: [::http::header::HeaderName; 2] =
     [::http::header::ETAG, ::http::header::RETRY_AFTER];
 pub use form::{media_type_is, percent_decode, Form, FormError};
 pub use if_none_match::{etag, IfNoneMatch};
-pub use keyed::{
-    KeyedPoll, KeyedPollConfig, KeyedRequest, KeyedRequestError, KeyedResponseFuture,
-    MAX_CURSOR_LEN,
-};
+pub use keyed::{KeyedPoll, KeyedResponseFuture};
+pub use keyed_request::{KeyedPollConfig, KeyedRequest, KeyedRequestError, MAX_CURSOR_LEN};
 pub use long_poll::{LongPoll, PollWait, ResponseFuture};
 pub use request::{parse_timeout, PollConfig, PollRequest, RequestError, MAX_EPOCH_LEN};
 
