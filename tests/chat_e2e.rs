@@ -1,7 +1,8 @@
 //! The chat example end to end over a real socket: long polls and event
 //! streams of several clients, reconnection within and beyond a room's
 //! history, validation, the room limit and shutdown; and, with the `redis`
-//! feature, several instances sharing their rooms through Redis.
+//! feature, several instances sharing their rooms through Redis, and
+//! through a private Redis Cluster with rooms on each of its masters.
 #![cfg(feature = "axum")]
 #![allow(missing_docs)]
 
@@ -643,5 +644,227 @@ mod on_redis {
         assert_eq!(keys.len(), 1, "one room in Redis: {keys:?}");
         assert_eq!(post(&c, &s, "a", "x", "2").await.status(), 200);
         redis_common::delete_prefix(&url, &prefix).await;
+    }
+}
+
+/// A private Redis Cluster (three masters, three replicas) for the chat
+/// instances of `on_cluster`.
+#[cfg(feature = "redis")]
+#[path = "redis_cluster_common/mod.rs"]
+mod redis_cluster_common;
+
+/// Chat instances on a Redis Cluster, built as `main.rs` builds them for
+/// `--redis-cluster <seeds>`.
+#[cfg(feature = "redis")]
+mod on_cluster {
+    use super::*;
+    use longpoll::redis::{Backplane, KeyedChannels};
+    use redis_cluster_common::{query, slot_of, Cluster, Shard};
+
+    /// The prefix of the chat's keys: `main.rs`'s default.
+    const PREFIX: &str = "chat:";
+
+    /// An instance on `cluster`, with every node as a seed, wired as
+    /// `main.rs` wires `--redis-cluster`; and its rooms, to name their keys.
+    async fn instance(
+        cluster: &Cluster,
+        settings: app::Settings,
+    ) -> (Server, KeyedChannels<app::Entry>) {
+        let seeds: Vec<String> = cluster.urls();
+        let backplane = Backplane::cluster(seeds.iter().cloned())
+            .prefix(PREFIX)
+            .connect()
+            .await
+            .expect("the cluster answers");
+        assert!(backplane.is_cluster());
+        let rooms = app::Rooms::shared(&settings, &backplane).unwrap();
+        let app::Rooms::Shared(keyed) = rooms.clone() else {
+            unreachable!("shared rooms")
+        };
+        (
+            Server::serve(app::Chat::with_rooms(settings, rooms)).await,
+            keyed,
+        )
+    }
+
+    /// A room whose key the master of `shard` owns.
+    fn room_on(rooms: &KeyedChannels<app::Entry>, shard: &Shard) -> String {
+        (0u32..)
+            .map(|i| format!("room-{i}"))
+            .find(|r| shard.owns(slot_of(rooms.redis_key(r).as_bytes())))
+            .expect("a master owns slots")
+    }
+
+    /// Every key the master at `addr` holds.
+    async fn keys_on(addr: &str) -> Vec<String> {
+        query(addr, redis::cmd("KEYS").arg("*")).await.unwrap()
+    }
+
+    /// The sharded Pub/Sub channels subscribed on the master at `addr`.
+    async fn shard_channels_on(addr: &str) -> Vec<String> {
+        query(addr, redis::cmd("PUBSUB").arg("SHARDCHANNELS"))
+            .await
+            .unwrap()
+    }
+
+    /// A long poll from `(epoch, version)`, held in a task.
+    fn held_poll(
+        c: &reqwest::Client,
+        s: &Server,
+        room: &str,
+        (epoch, version): (String, u64),
+    ) -> JoinHandle<reqwest::Response> {
+        let (c, url) = (
+            c.clone(),
+            s.url(&format!(
+                "/rooms/{room}/messages?since={version}&epoch={epoch}&timeout=10"
+            )),
+        );
+        tokio::spawn(async move { c.get(url).send().await.unwrap() })
+    }
+
+    #[tokio::test]
+    async fn a_message_posted_on_one_instance_reaches_polls_and_streams_on_another_on_every_master()
+    {
+        let Some(cluster) = Cluster::start("chat on a cluster, rooms on every master").await else {
+            return;
+        };
+        let (a, rooms) = instance(&cluster, settings(5)).await;
+        let (b, _) = instance(&cluster, settings(5)).await;
+        let shards = cluster.shards().await;
+        assert_eq!(shards.len(), 3, "{shards:?}");
+        let names: Vec<String> = shards.iter().map(|s| room_on(&rooms, s)).collect();
+        let c = client();
+
+        // On B, in every room: a poll held from the room's baseline (the
+        // same on A), and an event stream.
+        let mut held = Vec::new();
+        let mut streams = Vec::new();
+        for room in &names {
+            let on_a = json(poll(&c, &a, room, None, 0).await).await;
+            let on_b = json(poll(&c, &b, room, None, 0).await).await;
+            assert_eq!(cursor(&on_a), cursor(&on_b), "{room}");
+            held.push(held_poll(&c, &b, room, cursor(&on_b)));
+            let mut stream = Stream::open(&c, &b, room, None).await;
+            let first = stream.events(2).await; // resync initial, the starting point
+            assert_eq!(first[0].kind, "resync", "{room}: {first:?}");
+            assert_eq!(first[1].data, "null", "{room}: {first:?}");
+            streams.push(stream);
+        }
+        // Reading created nothing; each room is subscribed on its own
+        // master.
+        for (room, shard) in names.iter().zip(&shards) {
+            assert!(keys_on(&shard.master).await.is_empty(), "{}", shard.master);
+            let subscribed = shard_channels_on(&shard.master).await;
+            assert_eq!(subscribed, [rooms.redis_key(room)], "{}", shard.master);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // Posted on A, in every room.
+        let mut posts = Vec::new();
+        for room in &names {
+            let posted = post(&c, &a, room, "alice", &format!("hello {room}")).await;
+            assert_eq!(posted.status(), 200, "{room}");
+            posts.push(posted.json::<Value>().await.unwrap());
+        }
+        // Each room's key is on its own master, alone.
+        for (room, shard) in names.iter().zip(&shards) {
+            assert_eq!(
+                keys_on(&shard.master).await,
+                [rooms.redis_key(room)],
+                "{}",
+                shard.master
+            );
+        }
+        let mut cursors = Vec::new();
+        for ((room, held), posted) in names.iter().zip(held).zip(&posts) {
+            let resp = tokio::time::timeout(STEP, held)
+                .await
+                .unwrap_or_else(|_| panic!("{room}: the poll on B is answered"))
+                .unwrap();
+            let body = json(resp).await;
+            assert_eq!(texts(&body), [format!("hello {room}")], "{room}");
+            assert_eq!(body["epoch"], posted["epoch"], "{room}");
+            cursors.push(cursor(&body));
+        }
+        // The room's first message starts its sequence in Redis, under a
+        // new epoch: each stream says so, then carries the room as it is.
+        for ((room, stream), posted) in names.iter().zip(&mut streams).zip(&posts) {
+            let events = stream.events(3).await;
+            assert_eq!(events[0].kind, "resync", "{room}: {events:?}");
+            assert!(events[0].data.contains("other-epoch"), "{room}: {events:?}");
+            assert_eq!(event_texts(&events), [format!("hello {room}")], "{room}");
+            assert_eq!(events[2].id.as_deref(), posted["id"].as_str(), "{room}");
+        }
+
+        // And back, from B to polls held on A: in sequence now.
+        let held: Vec<_> = names
+            .iter()
+            .zip(cursors)
+            .map(|(room, at)| held_poll(&c, &a, room, at))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut posts = Vec::new();
+        for room in &names {
+            let posted = post(&c, &b, room, "bob", &format!("hi {room}")).await;
+            assert_eq!(posted.status(), 200, "{room}");
+            posts.push(posted.json::<Value>().await.unwrap());
+        }
+        for (room, held) in names.iter().zip(held) {
+            let body = json(tokio::time::timeout(STEP, held).await.unwrap().unwrap()).await;
+            assert_eq!(texts(&body), [format!("hi {room}")], "{room}");
+            assert!(body["resync"].is_null(), "{room}: {body}");
+        }
+        for ((room, stream), posted) in names.iter().zip(&mut streams).zip(&posts) {
+            let events = stream.events(1).await;
+            assert_eq!(event_texts(&events), [format!("hi {room}")], "{room}");
+            assert_eq!(events[0].id.as_deref(), posted["id"].as_str(), "{room}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_room_name_is_a_400_that_never_reaches_a_master() {
+        let Some(cluster) = Cluster::start("chat on a cluster, bad room names").await else {
+            return;
+        };
+        let (s, rooms) = instance(&cluster, settings(5)).await;
+        let shards = cluster.shards().await;
+        let c = client();
+        for bad in [
+            "Upper",
+            "a%7Bb%7D",
+            "%7B%7D",
+            "a%20b",
+            "way-too-long-for-a-room-name-here-x",
+        ] {
+            assert_eq!(post(&c, &s, bad, "x", "1").await.status(), 400, "{bad}");
+            assert_eq!(poll(&c, &s, bad, None, 0).await.status(), 400, "{bad}");
+            let events = c.get(s.url(&format!("/rooms/{bad}/events"))).send();
+            let events = tokio::time::timeout(STEP, events).await.unwrap().unwrap();
+            assert_eq!(events.status(), 400, "{bad}");
+            let several = c.get(s.url(&format!("/rooms?keys=lobby,{bad}"))).send();
+            let several = tokio::time::timeout(STEP, several).await.unwrap().unwrap();
+            assert_eq!(several.status(), 400, "{bad}");
+        }
+        // No master holds a key, or a subscription, of any of them.
+        for shard in &shards {
+            assert!(keys_on(&shard.master).await.is_empty(), "{}", shard.master);
+            assert!(
+                shard_channels_on(&shard.master).await.is_empty(),
+                "{}",
+                shard.master
+            );
+        }
+        // Where a good room's post goes: one key, on its master.
+        assert_eq!(post(&c, &s, "lobby", "x", "1").await.status(), 200);
+        let mut keys = Vec::new();
+        for shard in &shards {
+            keys.extend(keys_on(&shard.master).await);
+        }
+        assert_eq!(keys, [rooms.redis_key("lobby")]);
+        let owner = cluster
+            .shard_of_key(rooms.redis_key("lobby").as_bytes())
+            .await;
+        assert_eq!(keys_on(&owner.master).await, keys);
     }
 }
