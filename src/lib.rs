@@ -136,12 +136,13 @@
 //! refused wait or resync `DEBUG`, of incidents `INFO` and `WARN`.
 //!
 //! A broadcaster registers its metric handles with the recorder in place when
-//! it is built (a keyed hub does so once, for all its keys): install the
-//! recorder before building broadcasters. A registration or a publish then
-//! looks nothing up; a registration costs one gauge increment, a publish
-//! that wakes anyone two clock reads and a few atomic operations, and
-//! nothing is done per waiter beyond counting it. No recorder or subscriber
-//! code runs under the crate's locks.
+//! it is built (a keyed hub does so once, for all its keys), and a backplane
+//! when it connects: install the recorder before building broadcasters and
+//! connecting backplanes. A registration or a publish then looks nothing
+//! up; a registration costs one gauge increment, a publish that wakes
+//! anyone two clock reads and a few atomic operations, and nothing is done
+//! per waiter beyond counting it. No recorder or subscriber code runs under
+//! the crate's locks.
 //!
 //!
 //! | name | kind | labels / fields | what |
@@ -160,6 +161,8 @@
 //! | `longpoll_backplane_epoch_restarts_total` | counter | | channels moved to a new epoch: Redis lost their data or came back behind (as `Stats::restarts`) |
 //! | `longpoll_backplane_channel_failures_total`, `..._channel_heals_total` | counter | | channels that broke (unusable data in Redis), and that healed |
 //! | `longpoll_backplane_rejected_messages_total` | counter | | Pub/Sub messages that did not parse or decode |
+//! | `longpoll_backplane_delivery_duration_seconds` | histogram | | on the instance that publishes (a channel's or a keyed hub's `publish`, `publish_once`, `modify`): from just before the publish script is sent until that publish's own Pub/Sub message comes back on this instance's subscription, matched by channel, epoch and version; this instance's clock only, whichever of the script's reply and the message comes first. Timed only while the subscription is up, one publish in flight per channel: a publish made while another of its channel is still out (concurrent ones, or one right after another whose message has not come back yet) is not sampled. A publish whose message is lost with the subscription, that published nothing, or that failed records nothing |
+//! | `longpoll_backplane_missed_versions_total` | counter | | versions the periodic check (`Builder::check_interval`) found a channel missing that the read it started brought in: Pub/Sub messages lost without a reconnect (versions missed while the subscription was down are in `longpoll_backplane_catchup_versions`) |
 //! | `longpoll::publish` "published" | `TRACE` event | `version`, `waiters` (woken), `fanout_ns` | every publish |
 //! | `longpoll::publish` "restarted under a new epoch" | `DEBUG` event | `epoch`, `version`, `waiters`, `fanout_ns` | every restart |
 //! | `longpoll::publish` "closed", "failing: waiters answered closed" | `DEBUG` event | `waiters` | a close; a backplane channel that broke, answering its waiters |

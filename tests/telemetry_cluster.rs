@@ -2,7 +2,8 @@
 //! whose subscriptions are one connection per master: up once every
 //! channel is placed, down while a killed master's channels have no place,
 //! back up after its replica took over, and given back when the backplane
-//! is dropped.
+//! is dropped. Publishes (of a channel and of a keyed hub's key) timed
+//! until their sharded Pub/Sub message comes back, one sample each.
 #![cfg(all(feature = "redis", feature = "metrics"))]
 
 mod redis_cluster_common;
@@ -10,11 +11,12 @@ mod telemetry_common;
 
 use std::time::Duration;
 
-use longpoll::redis::{Backplane, Channel};
+use longpoll::redis::{Backplane, Channel, KeyedChannels};
 use redis_cluster_common::Cluster;
 use telemetry_common::TestRecorder;
 
 const WAIT: Duration = Duration::from_secs(20);
+const DELIVERY: &str = "longpoll_backplane_delivery_duration_seconds";
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -45,6 +47,20 @@ async fn a_cluster_backplane_reports_its_link_through_a_failover_and_its_end() {
     let ch: Channel<u64> = backplane.channel("c", 0).await.unwrap();
     until("up", || gauge(&rec) == Some(1.0)).await;
 
+    // Each publish timed until its message comes back over sharded
+    // Pub/Sub, each waited for before the next.
+    let delivery = |rec: &TestRecorder| rec.histogram(DELIVERY).len();
+    for v in 1..=3u64 {
+        ch.publish(v).await.unwrap();
+        until("the publish is timed", || delivery(&rec) == v as usize).await;
+    }
+    let rooms: KeyedChannels<u64> = backplane.keyed("rooms").build().unwrap();
+    let lobby = rooms.broadcaster("lobby").await.unwrap();
+    rooms.publish("lobby", 1).await.unwrap();
+    until("the keyed publish is timed", || delivery(&rec) == 4).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(delivery(&rec), 4);
+
     // Kill the master that holds the channel.
     let owner = cluster.shard_of_key(ch.key().as_bytes()).await.master;
     cluster.kill_master(&owner).await;
@@ -54,7 +70,7 @@ async fn a_cluster_backplane_reports_its_link_through_a_failover_and_its_end() {
     .await;
     assert!(ch.publish(1).await.is_ok() || ch.publish(1).await.is_ok());
 
-    drop(ch);
+    drop((lobby, rooms, ch));
     drop(backplane);
     until("given back", || gauge(&rec) == Some(0.0)).await;
 }

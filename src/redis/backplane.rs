@@ -60,6 +60,9 @@ pub(super) struct Core {
     /// What telemetry knows of the subscription's outages (see
     /// [`Core::set_connected`]).
     pub(super) link: Mutex<crate::telemetry::Link>,
+    /// The metric handles of every channel's publishes and checks,
+    /// registered when the backplane is built.
+    pub(super) telemetry: crate::telemetry::BackplaneMetrics,
     /// Set when the last handle is gone: retry loops of resyncs stop.
     pub(super) stopped: AtomicBool,
     pub(super) stats: Counters,
@@ -263,6 +266,7 @@ impl Builder {
             subscriber,
             connected: AtomicBool::new(false),
             link: Mutex::new(crate::telemetry::Link::default()),
+            telemetry: crate::telemetry::BackplaneMetrics::new(),
             stopped: AtomicBool::new(false),
             stats: Counters::default(),
             last_error: Mutex::new(None),

@@ -171,6 +171,7 @@ impl ChannelBuilder<'_> {
             retired: Mutex::new(Vec::new()),
             sync: SyncState::default(),
             failure: Mutex::new(None),
+            delivery: crate::telemetry::Delivery::new(&core.telemetry),
         });
 
         // Register, then subscribe, then read again: an update published

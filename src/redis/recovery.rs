@@ -79,14 +79,19 @@ impl Core {
     pub(super) async fn resync(&self, relay: &dyn Relay) -> Result<(), BackplaneError> {
         let sync = relay.sync();
         let ticket = sync.request();
-        let _one_at_a_time = sync.lock.lock().await;
+        let one_at_a_time = sync.lock.lock().await;
         if sync.is_covered(ticket) {
             return Ok(());
         }
         let starting = sync.starting();
         let call = self.relay_call(relay);
         let read = self.run_script(&self.sync_script, &call).await;
-        self.settle_read(relay, starting, read)
+        let healing = crate::telemetry::read_applying(&sync.behind, || relay.position());
+        let settled = self.settle_read(relay, starting, read);
+        let healed = crate::telemetry::read_applied(healing, || relay.position());
+        drop(one_at_a_time);
+        crate::telemetry::versions_healed(&self.telemetry, healed);
+        settled
     }
 
     /// Applies one read's result (with the channel's sync lock held).
@@ -202,10 +207,11 @@ impl Core {
             return; // Redis is away: the subscription's keep-alive notices
         };
         for (relay, reply) in relays.into_iter().zip(replies) {
-            let in_line = reply
-                .ok()
-                .and_then(|v| parse_probe(v).ok())
-                .is_some_and(|at| relay.is_at(at));
+            let at = reply.ok().and_then(|v| parse_probe(v).ok());
+            let in_line = at.is_some_and(|at| relay.is_at(at));
+            if !in_line {
+                crate::telemetry::check_found_behind(&relay.sync().behind, at.flatten());
+            }
             if !in_line || relay.is_failing() || relay.sync().stale.load(Ordering::Acquire) {
                 self.request_resync(relay);
             }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::backplane::Core;
 use super::commands::ScriptCall;
 use super::error::BackplaneError;
-use super::keys::{parse_modify, Keys, ModifyReply, Snapshot};
+use super::keys::{parse_modify, Keys, ModifyReply, Outcome, Snapshot};
 use super::{Codec, DecodeError};
 use crate::{Broadcaster, Epoch, Update, Version};
 
@@ -94,6 +94,9 @@ pub(super) struct SyncState {
     pub(super) scheduled: AtomicBool,
     /// The last read failed as unavailable: read again at the next chance.
     pub(super) stale: AtomicBool,
+    /// Where the periodic check last found Redis when it found this
+    /// instance elsewhere, for counting the versions a read heals.
+    pub(super) behind: crate::telemetry::Behind,
 }
 
 impl SyncState {
@@ -153,6 +156,8 @@ pub(super) struct ChannelCore<T> {
     pub(super) retired: Mutex<Vec<Epoch>>,
     pub(super) sync: SyncState,
     pub(super) failure: Mutex<Option<Arc<BackplaneError>>>,
+    /// Times this instance's publishes until their message comes back.
+    pub(super) delivery: crate::telemetry::Delivery,
 }
 
 /// Decodes `bytes`; a panicking decoder counts as a failed decode, so that
@@ -307,14 +312,30 @@ impl<T: Codec + Send + Sync + 'static> ChannelCore<T> {
     }
 
     /// Runs `modify.lua` (with a snippet) and parses its reply; a failure
-    /// that says the channel's data is unusable breaks the channel.
+    /// that says the channel's data is unusable breaks the channel. Every
+    /// publish of a relay goes through here: it is timed until its
+    /// message comes back, once the relay is subscribed and read (a key's
+    /// first publish may come before).
     pub(super) async fn run_modify(
         &self,
         core: &Core,
         script: &::redis::Script,
         call: &ScriptCall,
     ) -> Result<ModifyReply, BackplaneError> {
-        run_modify(core, Some(self), script, call).await
+        let sent = crate::telemetry::publish_sending(&self.delivery, || {
+            self.loaded.load(Ordering::Acquire)
+        });
+        let reply = run_modify(core, Some(self), script, call).await;
+        let published = reply
+            .as_ref()
+            .ok()
+            .filter(|r| r.outcome == Outcome::Published);
+        crate::telemetry::publish_replied(
+            &self.delivery,
+            sent,
+            published.map(|r| (r.epoch, r.version)),
+        );
+        reply
     }
 
     /// Relays the outcome of this instance's own publish: at once if it is
@@ -427,6 +448,7 @@ impl<T: Codec + Send + Sync + 'static> Relay for ChannelCore<T> {
     }
 
     fn on_message(&self, epoch: Epoch, version: Version, value: &[u8]) -> Delivery {
+        crate::telemetry::message_arrived(&self.delivery, epoch, version);
         {
             let retired = self.retired.lock();
             let (cur_epoch, cur_version) = self.position();

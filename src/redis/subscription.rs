@@ -210,8 +210,10 @@ impl Core {
     pub(super) fn set_connected(&self, up: bool, reason: &str) {
         let mut link = self.link.lock();
         match (self.connected.swap(up, Ordering::AcqRel), up) {
-            (false, true) => crate::telemetry::subscription_up(&mut link),
-            (true, false) => crate::telemetry::subscription_lost(&mut link, reason),
+            (false, true) => crate::telemetry::subscription_up(&mut link, &self.telemetry),
+            (true, false) => {
+                crate::telemetry::subscription_lost(&mut link, &self.telemetry, reason);
+            }
             _ => {}
         }
     }

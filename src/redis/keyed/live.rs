@@ -116,6 +116,7 @@ impl<T: Codec + Send + Sync + 'static> Inner<T> {
             retired: Mutex::new(Vec::new()),
             sync: SyncState::default(),
             failure: Mutex::new(None),
+            delivery: crate::telemetry::Delivery::new(&self.core.telemetry),
         });
         let erased: Arc<dyn Relay> = relay.clone();
         self.relays
@@ -162,6 +163,7 @@ mod tests {
             retired: Mutex::new(Vec::new()),
             sync: SyncState::default(),
             failure: Mutex::new(None),
+            delivery: crate::telemetry::Delivery::new(&crate::telemetry::BackplaneMetrics::new()),
         });
         let erased: Arc<dyn Relay> = relay.clone();
         LiveKey { id, relay, erased }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::error::{BackplaneError, Kind};
 use super::keys::{check_name, Keys, Outcome};
-use super::relay::{run_modify, Publish, Relay};
+use super::relay::{run_modify, Publish};
 use super::{Codec, ModifyScript};
 use crate::keyed::{Keyed, TooManyKeys, WaitMany};
 use crate::{Broadcaster, Cursor, Epoch, Version};
@@ -358,13 +358,11 @@ impl<T: Codec + Send + Sync + 'static> KeyedChannels<T> {
             }
         };
         call.arg(value.encode());
-        let reply = run_modify(
-            core,
-            relay.as_deref().map(|r| r as &dyn Relay),
-            &core.publish_script,
-            &call,
-        )
-        .await?;
+        let reply = match &relay {
+            // Timed until its message comes back.
+            Some(relay) => relay.run_modify(core, &core.publish_script, &call).await?,
+            None => run_modify(core, None, &core.publish_script, &call).await?,
+        };
         if let (Outcome::Published, Some(relay)) = (reply.outcome, &relay) {
             relay.settle(core, &reply, value).await;
         }
