@@ -161,6 +161,7 @@
 //! | `longpoll_backplane_epoch_restarts_total` | counter | | channels moved to a new epoch: Redis lost their data or came back behind (as `Stats::restarts`) |
 //! | `longpoll_backplane_channel_failures_total`, `..._channel_heals_total` | counter | | channels that broke (unusable data in Redis), and that healed |
 //! | `longpoll_backplane_rejected_messages_total` | counter | | Pub/Sub messages that did not parse or decode |
+//! | `longpoll_backplane_unreadable_history_total` | counter | | history entries read from Redis that did not parse or decode, left out (clients see a lag there) |
 //! | `longpoll_backplane_delivery_duration_seconds` | histogram | | on the instance that publishes (a channel's or a keyed hub's `publish`, `publish_once`, `modify`): from just before the publish script is sent until that publish's own Pub/Sub message comes back on this instance's subscription, matched by channel, epoch and version; this instance's clock only, whichever of the script's reply and the message comes first. Timed only while the subscription is up, one publish in flight per channel: a publish made while another of its channel is still out (concurrent ones, or one right after another whose message has not come back yet) is not sampled. A publish whose message is lost with the subscription, that published nothing, or that failed records nothing |
 //! | `longpoll_backplane_missed_versions_total` | counter | | versions the periodic check (`Builder::check_interval`) found a channel missing that the read it started brought in: Pub/Sub messages lost without a reconnect (versions missed while the subscription was down are in `longpoll_backplane_catchup_versions`) |
 //! | `longpoll::publish` "published" | `TRACE` event | `version`, `waiters` (woken), `fanout_ns` | every publish |
@@ -176,6 +177,7 @@
 //! | `longpoll::backplane` "channel restarted under a new epoch: ..." | `WARN` event | `channel`, `epoch` | an epoch restart |
 //! | `longpoll::backplane` "channel broken; ...", "channel healed" | `WARN`, `INFO` event | `channel`, `error` | a channel that breaks or heals |
 //! | `longpoll::backplane` "message rejected; ..." | `WARN` event | `channel`, `error` | a Pub/Sub message that did not parse or decode |
+//! | `longpoll::backplane` "unreadable history entries left out; ..." | `WARN` event | `channel`, `entries` | a read of a channel found history entries that did not parse or decode |
 //! | `longpoll::backplane` "backplane stopped" | `DEBUG` event | | the last handle dropped |
 //!
 //! [`tracing`]: https://docs.rs/tracing

@@ -271,3 +271,96 @@ async fn a_backplane_that_cannot_subscribe_warns_once_then_says_how_long_it_was_
         1
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_history_entry_is_a_warning_a_count_and_a_marked_gap_never_a_wrong_value() {
+    let Some(redis) = OwnRedis::start(
+        "an_unreadable_history_entry_is_a_warning_a_count_and_a_marked_gap_never_a_wrong_value",
+    ) else {
+        return;
+    };
+    let rec = TestRecorder::new();
+    let _metrics = metrics::set_default_local_recorder(&rec);
+    let capture = Capture::new();
+    let _tracing = capture.set_default();
+    let url = redis.url();
+    let prefix = unique_prefix("telemetry-history");
+    let a = Backplane::builder(&url)
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let ch: Channel<u64> = a.channel_builder(CHANNEL).history(8).open(0).await.unwrap();
+    for v in 1..=5u64 {
+        ch.publish(v * 10).await.unwrap();
+    }
+    assert_eq!(
+        rec.counter("longpoll_backplane_unreadable_history_total", &[]),
+        0
+    );
+    // Version 3's entry holds a value that is not a `u64`.
+    let _: i64 = command(
+        &url,
+        redis::cmd("HSET").arg(ch.key()).arg("h3").arg("thirty"),
+    )
+    .await;
+
+    // A late instance reads the channel: the entry is left out, and said so.
+    let b = Backplane::builder(&url)
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let late: Channel<u64> = b.channel_builder(CHANNEL).history(8).open(0).await.unwrap();
+    assert_eq!(late.current().version(), Version::new(5));
+    let warned = capture.one(
+        BACKPLANE,
+        "unreadable history entries left out; their versions count as lost",
+    );
+    assert_eq!(warned.level, Level::WARN);
+    assert_eq!(warned.u64("entries"), 1);
+    assert_eq!(
+        warned.field("channel"),
+        Some(format!("{prefix}{{{CHANNEL}}}").as_str())
+    );
+    assert_eq!(
+        rec.counter("longpoll_backplane_unreadable_history_total", &[]),
+        1
+    );
+    rec.assert_no_names_in_labels(&[CHANNEL]);
+
+    // A client that saw version 2 gets what is left after it, with the gap
+    // marked; nobody is ever handed another value for version 3.
+    let epoch = late.current().epoch();
+    let changed = late
+        .broadcaster()
+        .wait(Cursor::at(Version::new(2)).with_epoch(epoch))
+        .await
+        .unwrap();
+    assert!(
+        matches!(changed.resync(), Some(longpoll::Resync::Lagged { .. })),
+        "{:?}",
+        changed.resync()
+    );
+    let got: Vec<(u64, u64)> = changed
+        .updates()
+        .iter()
+        .map(|u| (u.version().get(), **u.value()))
+        .collect();
+    assert!(got.iter().all(|(v, _)| *v != 3), "{got:?}");
+    assert_eq!(got.last(), Some(&(5, 50)), "{got:?}");
+    // A client that saw version 3 from the healthy instance is in line.
+    let next = late
+        .broadcaster()
+        .wait(Cursor::at(Version::new(3)).with_epoch(epoch))
+        .await
+        .unwrap();
+    assert_eq!(next.resync(), None);
+    assert_eq!(
+        next.updates()
+            .iter()
+            .map(|u| (u.version().get(), **u.value()))
+            .collect::<Vec<_>>(),
+        [(4, 40), (5, 50)]
+    );
+}

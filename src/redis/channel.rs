@@ -151,7 +151,11 @@ impl ChannelBuilder<'_> {
         let snapshot = core.read(&call).await?.ok_or_else(|| {
             BackplaneError::from(DecodeError::new("the created state is missing"))
         })?;
-        let retained = decode_snapshot::<T>(snapshot)?.into_updates();
+        let decoded = decode_snapshot::<T>(snapshot)?;
+        if decoded.unreadable > 0 {
+            crate::telemetry::history_dropped(keys.channel(), decoded.unreadable);
+        }
+        let retained = decoded.into_updates();
         let mut builder = Broadcaster::builder()
             .history(self.history)
             .hold_ahead(HOLD_AHEAD);

@@ -84,6 +84,9 @@ pub(super) struct Snapshot {
     /// `(version, value)` history entries, checked to rise strictly and to
     /// stay below `version`, oldest first.
     pub(super) entries: Vec<(Version, Vec<u8>)>,
+    /// History entries left out because they did not parse or did not rise
+    /// below the state (bad data in Redis).
+    pub(super) unreadable: usize,
 }
 
 /// What `modify.lua` answered.
@@ -198,15 +201,20 @@ pub(super) fn parse_snapshot(reply: Value) -> Result<Option<Snapshot>, DecodeErr
     )?;
     let value = bytes(value, "channel value")?;
     let mut kept: Vec<(Version, Vec<u8>)> = Vec::new();
+    let mut unreadable = 0;
     for entry in array(entries, "channel history")? {
         let Ok(entry) = bytes(entry, "history entry") else {
+            unreadable += 1;
             continue;
         };
         let Some((v, value)) = split_entry(&entry) else {
+            unreadable += 1;
             continue;
         };
         if v < version && kept.last().is_none_or(|(last, _)| *last < v) {
             kept.push((v, value.to_vec()));
+        } else {
+            unreadable += 1;
         }
     }
     Ok(Some(Snapshot {
@@ -214,6 +222,7 @@ pub(super) fn parse_snapshot(reply: Value) -> Result<Option<Snapshot>, DecodeErr
         version,
         value,
         entries: kept,
+        unreadable,
     }))
 }
 
@@ -325,6 +334,10 @@ mod tests {
         assert_eq!(snap.version, Version::new(9));
         let versions: Vec<u64> = snap.entries.iter().map(|(v, _)| v.get()).collect();
         assert_eq!(versions, [5, 7]);
+        assert_eq!(
+            snap.unreadable, 5,
+            "garbage, 4, an integer, 9 and 12 left out"
+        );
     }
 
     #[test]

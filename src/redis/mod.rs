@@ -180,6 +180,7 @@
 //! | restart without persistence, `FLUSHALL`           | one `OtherEpoch` resync, from the initial value     |
 //! | restored behind (old snapshot, lagging replica)   | one `OtherEpoch` resync, from what Redis holds      |
 //! | a key of another type, a value that does not decode | that channel's polls answer `503` until it is fixed |
+//! | a history entry that does not decode | left out, with a warning: a client whose cursor is before it is answered `Lagged`, never another value |
 //! | Redis slower than the command timeout             | publishes fail as unavailable (retry with `publish_once`); waits go on |
 //! | a Pub/Sub message lost                            | the update, up to one check interval late           |
 //! | a cluster master killed (its replica promoted)    | that shard's publishes fail as unavailable for about the failover's time, then every update, late; writes the replica had not received are a new epoch |

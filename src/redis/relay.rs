@@ -172,6 +172,10 @@ pub(super) struct Decoded<T> {
     epoch: Epoch,
     /// Entries whose value decodes, oldest first, then the state.
     updates: Vec<(Version, T)>,
+    /// History entries left out: they did not parse, did not rise below
+    /// the state, or their value did not decode. Their versions count as
+    /// lost (a cursor among them is answered `Lagged`).
+    pub(super) unreadable: usize,
 }
 
 impl<T> Decoded<T> {
@@ -197,10 +201,12 @@ pub(super) fn decode_snapshot<T: Codec>(snapshot: Snapshot) -> Result<Decoded<T>
         .iter()
         .filter_map(|(v, bytes)| decode::<T>(bytes).ok().map(|t| (*v, t)))
         .collect();
+    let unreadable = snapshot.unreadable + (snapshot.entries.len() - updates.len());
     updates.push((snapshot.version, state));
     Ok(Decoded {
         epoch: snapshot.epoch,
         updates,
+        unreadable,
     })
 }
 
@@ -485,6 +491,7 @@ impl<T: Codec + Send + Sync + 'static> Relay for ChannelCore<T> {
                 version: Version::ZERO,
                 value: self.initial.clone(),
                 entries: Vec::new(),
+                unreadable: 0,
             },
             // A read of a channel creates its state when missing.
             (None, None) => return Err(DecodeError::new("the channel's state is missing")),
@@ -496,6 +503,9 @@ impl<T: Codec + Send + Sync + 'static> Relay for ChannelCore<T> {
                 return Err(e);
             }
         };
+        if decoded.unreadable > 0 {
+            crate::telemetry::history_dropped(self.keys.channel(), decoded.unreadable);
+        }
         let first = !self.loaded.load(Ordering::Acquire);
         let mut retired = self.retired.lock();
         let restarted = self.with_local(|b| {

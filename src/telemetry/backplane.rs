@@ -20,6 +20,7 @@ mod name {
     pub(super) const FAILURES: &str = "longpoll_backplane_channel_failures_total";
     pub(super) const HEALS: &str = "longpoll_backplane_channel_heals_total";
     pub(super) const REJECTED: &str = "longpoll_backplane_rejected_messages_total";
+    pub(super) const HISTORY_DROPPED: &str = "longpoll_backplane_unreadable_history_total";
 }
 
 #[cfg(feature = "metrics")]
@@ -66,6 +67,11 @@ fn describe() {
         REJECTED,
         Unit::Count,
         "Pub/Sub messages that did not parse or decode"
+    );
+    describe_counter!(
+        HISTORY_DROPPED,
+        Unit::Count,
+        "History entries read from Redis that did not parse or decode, left out (their versions count as lost)"
     );
 }
 
@@ -253,4 +259,14 @@ pub(crate) fn message_rejected(channel: &str, error: &BackplaneError) {
     metrics::counter!(name::REJECTED).increment(1);
     #[cfg(feature = "tracing")]
     tracing::warn!(target: BACKPLANE, channel, %error, "message rejected; reading the channel again");
+}
+
+/// A read of `channel` left out `n` history entries that did not parse or
+/// decode: bad data in Redis, which clients see as a lag.
+pub(crate) fn history_dropped(channel: &str, n: usize) {
+    let _ = (channel, n);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(name::HISTORY_DROPPED).increment(n as u64);
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: BACKPLANE, channel, entries = n, "unreadable history entries left out; their versions count as lost");
 }
