@@ -180,3 +180,37 @@ async fn a_dropped_poll_unregisters_every_key() {
     let _ = held.await;
     assert_eq!((waiters("a"), waiters("b")), (0, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_that_fails_is_left_out_and_the_others_news_still_comes() {
+    // "full" takes no waiter: every wait on it fails `Full` at once.
+    let hub: Keyed<String, u32> = Keyed::builder()
+        .history(4)
+        .init(|_| 0)
+        .configure(|k: &String| {
+            let b = longpoll::Builder::new().history(4);
+            if k == "full" {
+                b.max_waiters(0)
+            } else {
+                b
+            }
+        })
+        .build();
+    let poll = KeyedPoll::new(hub.clone(), |u: &Update<u32>| {
+        Bytes::from(u.value().to_string())
+    });
+    let (a, full) = (cursor(&hub, "a"), cursor(&hub, "full"));
+    hub.notify("a", 7).unwrap();
+
+    // "a" has news and "full" fails: "a" is answered, "full" left out.
+    let got = answers(&get(&poll, &format!("keys=full,a&cursors={full},{a}&timeout=30")).await);
+    let keys: Vec<&str> = got.iter().map(|g| g["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a"], "{got:?}");
+    assert_eq!(got[0]["updates"], json!([{"version": 1, "data": 7}]));
+
+    // Only the failing key is ready: 503 with its Retry-After.
+    let a = cursor(&hub, "a");
+    let resp = get(&poll, &format!("keys=full,a&cursors={full},{a}&timeout=30")).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+}

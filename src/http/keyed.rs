@@ -293,8 +293,11 @@ where
         ))
     }
 
-    /// `200` with the ready keys in request order, or `503` if one of them
-    /// failed.
+    /// `200` with the ready keys that have an answer, in request order;
+    /// `503` only if every ready key failed (its waiters are full, or it
+    /// was closed). A key that failed is left out of a `200`: the client
+    /// keeps its cursor and asks again with its next poll, so one broken key
+    /// never holds back the news of the others.
     fn respond(
         &self,
         names: &[(K, String)],
@@ -302,32 +305,31 @@ where
     ) -> Response<Bytes> {
         for (_, a) in &answers {
             telemetry::answered(self.hub.telemetry(), &a.answer, Endpoint::KeyedPoll);
-            match &a.answer {
-                Ok(_) => {}
-                Err(WaitError::Full { .. }) => {
-                    return unavailable(
-                        "too many requests are waiting; retry later",
-                        self.config.poll.get_full_retry_after(),
-                    )
-                }
-                Err(_) => {
-                    return unavailable(
-                        "the server is shutting down; retry later",
-                        self.config.poll.get_closed_retry_after(),
-                    )
-                }
-            }
+        }
+        if !answers.iter().any(|(_, a)| a.answer.is_ok()) {
+            return match answers.first().map(|(_, a)| &a.answer) {
+                Some(Err(WaitError::Full { .. })) => unavailable(
+                    "too many requests are waiting; retry later",
+                    self.config.poll.get_full_retry_after(),
+                ),
+                _ => unavailable(
+                    "the server is shutting down; retry later",
+                    self.config.poll.get_closed_retry_after(),
+                ),
+            };
         }
         let mut out = BytesMut::new();
         out.put_slice(br#"{"answers":["#);
-        for (n, (i, a)) in answers.iter().enumerate() {
+        let answered = answers
+            .iter()
+            .filter_map(|(i, a)| Some((i, a.answer.as_ref().ok()?, a.initial)));
+        for (n, (i, changed, initial)) in answered.enumerate() {
             if n > 0 {
                 out.put_u8(b',');
             }
-            let changed = a.answer.as_ref().expect("checked above");
             self.settings
                 .bodies
-                .write_envelope(&mut out, Some(&names[*i].1), changed, a.initial);
+                .write_envelope(&mut out, Some(&names[*i].1), changed, initial);
         }
         out.put_slice(b"]}");
         let mut resp = Response::new(out.freeze());

@@ -129,10 +129,11 @@
 //! ```
 //!
 //! The client keeps `epoch-version` of each answered key as its next
-//! cursor, and the cursors of the others. A timeout is `204`; a closed or
-//! full broadcaster, or a key the hub cannot create
-//! ([`TooManyKeys`](crate::keyed::TooManyKeys)), is `503` with
-//! `Retry-After`.
+//! cursor, and the cursors of the others. A timeout is `204`; a key the hub
+//! cannot create ([`TooManyKeys`](crate::keyed::TooManyKeys)) is `503` with
+//! `Retry-After`. A key whose broadcaster is closed or full is left out of
+//! an answer that has other keys' news, and is a `503` with `Retry-After`
+//! when no ready key has any.
 //!
 //! # Use it in hyper
 //!
