@@ -314,8 +314,8 @@ async fn a_slot_moved_under_live_waiters_keeps_them_woken() {
     assert!(log.violations.is_empty(), "{:#?}", log.violations);
     assert_eq!(
         log.marked, 0,
-        "a slot move loses nothing: {} seen",
-        log.observed
+        "a slot move loses nothing: {} seen, marked: {:#?}",
+        log.observed, log.marks
     );
     assert_eq!(on_a.current().version(), Version::new(13));
 }

@@ -15,6 +15,8 @@ pub(crate) struct Log {
     pub(crate) observed: u64,
     /// Marked gaps: lags and new epochs.
     pub(crate) marked: u64,
+    /// Each marked gap, described (for a failing assertion to show).
+    pub(crate) marks: Vec<String>,
     pub(crate) violations: Vec<String>,
 }
 
@@ -24,8 +26,17 @@ impl Log {
         if let Err(v) = check(cursor, changed) {
             self.violations.push(format!("{channel}: {v}"));
         }
-        if changed.resync().is_some() {
+        if let Some(resync) = changed.resync() {
             self.marked += 1;
+            let versions: Vec<u64> = changed
+                .updates()
+                .iter()
+                .map(|u| u.version().get())
+                .collect();
+            self.marks.push(format!(
+                "{channel}: {resync:?} from {cursor:?} to {} {versions:?}",
+                changed.epoch()
+            ));
         }
         for u in changed.updates() {
             self.record(channel, u.epoch(), u.version(), **u.value());
