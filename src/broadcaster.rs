@@ -86,7 +86,7 @@ impl<T> Broadcaster<T> {
     /// # Ok::<(), longpoll::ClosedError>(())
     /// ```
     pub fn notify(&self, value: T) -> Result<Version, ClosedError> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         if inner.closed {
             drop(inner);
             drop(value);
@@ -97,16 +97,7 @@ impl<T> Broadcaster<T> {
             drop(value);
             panic!("longpoll: version overflow");
         };
-        let prev = (inner.current().version, inner.current().epoch);
-        let (value, old) = inner.arc_for(self.shared.history, value);
-        let update = Update {
-            epoch: prev.1,
-            version,
-            value,
-        };
-        let panicked = self.publish_locked(inner, prev, update);
-        drop(old);
-        resume(panicked);
+        self.publish_next(inner, version, value);
         Ok(version)
     }
 
@@ -143,7 +134,7 @@ impl<T> Broadcaster<T> {
     where
         F: FnOnce(&T) -> Option<T>,
     {
-        let mut inner = self.lock();
+        let inner = self.lock();
         if inner.closed {
             return Err(ClosedError);
         }
@@ -154,6 +145,15 @@ impl<T> Broadcaster<T> {
         let Some(value) = f(inner.current().value()) else {
             return Ok(None);
         };
+        self.publish_next(inner, version, value);
+        Ok(Some(version))
+    }
+
+    /// Publishes `value` as `version`, the next one, under `inner`, and
+    /// wakes everyone: the step `notify` and `modify` share. The value an
+    /// evicted update's reused allocation held is dropped after the lock
+    /// is released; a panicking waker or callback resumes here.
+    fn publish_next(&self, mut inner: MutexGuard<'_, Inner<T>>, version: Version, value: T) {
         let prev = (inner.current().version, inner.current().epoch);
         let (value, old) = inner.arc_for(self.shared.history, value);
         let update = Update {
@@ -164,7 +164,6 @@ impl<T> Broadcaster<T> {
         let panicked = self.publish_locked(inner, prev, update);
         drop(old);
         resume(panicked);
-        Ok(Some(version))
     }
 
     /// Publishes `value` at an explicit `version`, which may skip ahead.

@@ -11,8 +11,10 @@ use ::redis::Value;
 use super::DecodeError;
 use crate::{Epoch, Version};
 
-pub(super) const SYNC_LUA: &str = include_str!("sync.lua");
-pub(super) const MODIFY_LUA: &str = include_str!("modify.lua");
+/// The scripts, each after `channel.lua`, what they share.
+pub(super) const SYNC_LUA: &str = concat!(include_str!("channel.lua"), include_str!("sync.lua"));
+pub(super) const MODIFY_LUA: &str =
+    concat!(include_str!("channel.lua"), include_str!("modify.lua"));
 
 /// The prefix `modify.lua` puts on an error raised by a caller's snippet.
 pub(super) const SNIPPET_ERROR: &str = "LONGPOLL_SNIPPET";

@@ -38,44 +38,22 @@ if once_ms > 0 then
   end
 end
 
--- Deletes every history field (after a new epoch), a thousand at a time.
-local function drop_history()
-  local old = {}
-  for _, field in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(field, 1, 1) == 'h' then
-      old[#old + 1] = field
-      if #old == 1000 then
-        redis.call('HDEL', key, unpack(old))
-        old = {}
-      end
-    end
-  end
-  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
-end
-
 local state = redis.call('HMGET', key, 'epoch', 'version', 'value', 'keep')
 local epoch, version, value = state[1], state[2], state[3] or ''
 local restarted = false
 if not epoch then
-  -- Never created, expired, or lost (a restart without persistence, an
-  -- eviction): start a new epoch, so that no client waits on the lost
-  -- sequence.
   epoch, version, value = ARGV[1], '0', ARGV[2]
-  drop_history()
-  redis.call('HSET', key, 'epoch', epoch, 'version', version, 'value', value)
+  create(key, epoch, value)
   restarted = true
 else
-  local n = tonumber(version)
-  if not n or n < 0 or n ~= math.floor(n) then
-    return redis.error_reply('LONGPOLL_CORRUPT channel state has version ' .. tostring(version))
-  end
-  if (epoch == ARGV[5] and n < tonumber(ARGV[6]))
-      or (epoch ~= ARGV[5] and string.find(retired, ' ' .. epoch .. ' ', 1, true)) then
-    -- Behind what the caller already saw (see sync.lua): a new epoch
-    -- before this publish, so that no version carries two values.
+  local n, corrupt = checked_version(version)
+  if not n then return corrupt end
+  if behind(epoch, n, ARGV[5], tonumber(ARGV[6]), retired) then
+    -- A new epoch before this publish, so that no version carries two
+    -- values.
     epoch = ARGV[1]
     redis.call('HSET', key, 'epoch', epoch)
-    drop_history()
+    drop_history(key)
     restarted = true
   end
 end

@@ -26,48 +26,22 @@ local key, channel, publish = KEYS[1], ARGV[5], ARGV[9]
 local held_epoch, held_version = ARGV[3], tonumber(ARGV[4])
 local want, retired = tonumber(ARGV[7]), ' ' .. ARGV[8] .. ' '
 
--- Deletes every history field (after a new epoch), a thousand at a time.
-local function drop_history()
-  local old = {}
-  for _, field in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(field, 1, 1) == 'h' then
-      old[#old + 1] = field
-      if #old == 1000 then
-        redis.call('HDEL', key, unpack(old))
-        old = {}
-      end
-    end
-  end
-  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
-end
-
 local state = redis.call('HMGET', key, 'epoch', 'version', 'value', 'keep')
 local epoch, version, value = state[1], state[2], state[3] or ''
 if not epoch then
   if ARGV[10] ~= '1' then return {} end
-  -- Never created, expired, or lost (a restart without persistence, an
-  -- eviction): start a new epoch, so that no client waits on the lost
-  -- sequence.
   epoch, version, value = ARGV[1], '0', ARGV[2]
-  drop_history()
-  redis.call('HSET', key, 'epoch', epoch, 'version', version, 'value', value)
+  create(key, epoch, value)
   local ttl = tonumber(ARGV[11])
   if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
   redis.call(publish, channel, epoch .. ' ' .. version .. ' ' .. value)
 else
-  local n = tonumber(version)
-  if not n or n < 0 or n ~= math.floor(n) then
-    return redis.error_reply('LONGPOLL_CORRUPT channel state has version ' .. tostring(version))
-  end
-  if (epoch == held_epoch and n < held_version)
-      or (epoch ~= held_epoch and string.find(retired, ' ' .. epoch .. ' ', 1, true)) then
-    -- Behind what the caller already saw: restored from an older snapshot,
-    -- or a failover to a lagging replica. Versions must never go back
-    -- within an epoch, and the versions between would come again with
-    -- other values, so the sequence moves to a new epoch.
+  local n, corrupt = checked_version(version)
+  if not n then return corrupt end
+  if behind(epoch, n, held_epoch, held_version, retired) then
     epoch = ARGV[1]
     redis.call('HSET', key, 'epoch', epoch)
-    drop_history()
+    drop_history(key)
     redis.call(publish, channel, epoch .. ' ' .. version .. ' ' .. value)
   end
 end
