@@ -123,6 +123,9 @@ struct Built<K, T> {
     key: K,
     broadcaster: Broadcaster<T>,
     tip: Option<Tip>,
+    /// The hooks' own copy of a new key's name (made with it, outside the
+    /// lock): the map takes `key`.
+    told: Option<K>,
 }
 
 /// One place taken under the key limit, given back when dropped (a panic
@@ -355,6 +358,7 @@ impl<K: Eq, T> Hub<K, T> {
                                 key: owned,
                                 broadcaster,
                                 tip: Some(tip),
+                                told: None,
                             });
                         }
                     }
@@ -367,14 +371,10 @@ impl<K: Eq, T> Hub<K, T> {
                         let Built {
                             key: owned,
                             broadcaster: b,
+                            told,
                             ..
                         } = built.take().expect("checked");
                         self.close_if_closed(&b);
-                        // The hooks get their own copy of the key. This one
-                        // is made under the lock, but hooks are
-                        // crate-internal and installed only on `str` keys
-                        // (the Redis keyed hub), so no user code runs here.
-                        let told = self.hooks.as_ref().map(|_| key.to_owned());
                         let entry = Entry {
                             hash,
                             key: owned,
@@ -405,6 +405,7 @@ impl<K: Eq, T> Hub<K, T> {
                     let broadcaster = (self.configure)(&owned)
                         .build_in((self.init)(&owned), self.telemetry.clone());
                     built = Some(Built {
+                        told: self.hooks.as_ref().map(|_| key.to_owned()),
                         key: owned,
                         broadcaster,
                         tip: None,
